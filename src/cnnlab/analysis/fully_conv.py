@@ -1,0 +1,4 @@
+"""(in progress)"""
+
+def to_fully_convolutional(model):
+    raise NotImplementedError

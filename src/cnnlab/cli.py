@@ -1,0 +1,120 @@
+"""The `cnnlab` command line: parse, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+
+from cnnlab import __version__
+from cnnlab.errors import CnnlabError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.run(args)
+    except CnnlabError as error:
+        print(f"cnnlab {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnlab",
+        description="Train, dissect and understand the classic convolutional networks.",
+    )
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    summary = commands.add_parser(
+        "summary",
+        help="layer-by-layer shapes, parameters, MACs and receptive fields of a model",
+        description="One row per layer: output shape, parameters, multiply-accumulates (MACs), "
+        "receptive field and jump; then totals. Runs on the meta device: no weights allocated.",
+    )
+    summary.add_argument("model", help="a model name (see `cnnlab zoo`)")
+    summary.add_argument(
+        "--input", type=parse_input_size, metavar="CxHxW",
+        help="input size, e.g. 1x28x28 (default: the model's design input)",
+    )
+    summary.add_argument("--num-classes", type=int, default=1000, metavar="N")
+    summary.add_argument(
+        "--set", action="append", default=[], metavar="OPTION=VALUE", dest="options",
+        help="a model build option, e.g. --set width_multiplier=0.25 (repeatable)",
+    )
+    summary.add_argument(
+        "--fully-conv", action="store_true",
+        help="replace the FC head by equivalent convolutions (AlexNet, VGG, LeNet) first",
+    )
+    summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    summary.set_defaults(run=run_summary)
+
+    zoo = commands.add_parser(
+        "zoo", help="every model with parameters, MACs, year and paper",
+        description="Every registered model, with parameters and MACs at its default input.",
+    )
+    zoo.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")
+    zoo.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    zoo.set_defaults(run=run_zoo)
+    return parser
+
+
+def parse_input_size(text: str) -> tuple[int, int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected CxHxW with three positive integers, e.g. 3x224x224; got {text!r}"
+        )
+    return tuple(int(p) for p in parts)
+
+
+def parse_options(pairs: list[str]) -> dict[str, object]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CnnlabError(f"--set expects OPTION=VALUE, got {pair!r}")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    import torch
+
+    from cnnlab.analysis import format_summary, summarize, to_fully_convolutional
+    from cnnlab.models import create_model
+
+    channels = args.input[0] if args.input else 3
+    with torch.device("meta"):
+        model = create_model(
+            args.model, num_classes=args.num_classes, in_channels=channels,
+            **parse_options(args.options),
+        )
+    if args.fully_conv:
+        model = to_fully_convolutional(model)
+    input_size = args.input or model.default_cfg.input_size
+    result = summarize(model, input_size)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_summary(result))
+    return 0
+
+
+def run_zoo(args: argparse.Namespace) -> int:
+    from cnnlab.analysis.zoo import format_zoo, zoo_entries
+
+    entries = zoo_entries(args.pattern)
+    if not entries:
+        raise CnnlabError(f"no model matches {args.pattern!r}; `cnnlab zoo` lists them all")
+    if args.json:
+        print(json.dumps([e.to_dict() for e in entries], indent=2))
+    else:
+        print(format_zoo(entries))
+    return 0
