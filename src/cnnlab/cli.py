@@ -40,23 +40,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     summary.add_argument("model", help="a model name (see `cnnlab zoo`)")
     summary.add_argument(
-        "--input", type=parse_input_size, metavar="CxHxW",
+        "--input",
+        type=parse_input_size,
+        metavar="CxHxW",
         help="input size, e.g. 1x28x28 (default: the model's design input)",
     )
     summary.add_argument("--num-classes", type=int, default=1000, metavar="N")
     summary.add_argument(
-        "--set", action="append", default=[], metavar="OPTION=VALUE", dest="options",
+        "--set",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        dest="options",
         help="a model build option, e.g. --set width_multiplier=0.25 (repeatable)",
     )
     summary.add_argument(
-        "--fully-conv", action="store_true",
+        "--fully-conv",
+        action="store_true",
         help="replace the FC head by equivalent convolutions (AlexNet, VGG, LeNet) first",
     )
     summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
     summary.set_defaults(run=run_summary)
 
     zoo = commands.add_parser(
-        "zoo", help="every model with parameters, MACs, year and paper",
+        "zoo",
+        help="every model with parameters, MACs, year and paper",
         description="Every registered model, with parameters and MACs at its default input.",
     )
     zoo.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")
@@ -96,7 +104,9 @@ def run_summary(args: argparse.Namespace) -> int:
     channels = args.input[0] if args.input else 3
     with torch.device("meta"):
         model = create_model(
-            args.model, num_classes=args.num_classes, in_channels=channels,
+            args.model,
+            num_classes=args.num_classes,
+            in_channels=channels,
             **parse_options(args.options),
         )
     if args.fully_conv:

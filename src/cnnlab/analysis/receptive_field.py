@@ -4,12 +4,14 @@ Per spatial dimension a tensor carries a `Span(lo, hi, jump)`: output position i
 i * jump + lo through i * jump + hi, so the receptive field is hi - lo + 1 and `jump` is the
 effective stride (Araujo et al., "Computing Receptive Fields of Convolutional Neural Networks",
 Distill 2019). A conv or pooling layer with kernel F, stride S, padding P and dilation D maps
-(lo, hi, J) to (lo - P*J, hi + (D*(F-1) - P)*J, S*J). A merge of branches (residual addition,
-Inception or DenseNet concatenation) covers the union of its inputs' spans, so its receptive field
-is the largest over its inputs. A linear layer after a flatten, and a global pool, see the whole map.
+(lo, hi, J) to (lo - P*J, hi + (D*(F-1) - P)*J, S*J). A merge of branches (residual
+addition, Inception or DenseNet concatenation) covers the union of its inputs' spans, so its
+receptive field is the largest over its inputs. A linear layer after a flatten, and a global
+pool, see the whole map.
 
-`FieldTracker` is a torch function mode: every op passes its inputs' spans on to its outputs, and
-module hooks (see summary.py) overwrite them with the geometry of convolution and pooling layers.
+`FieldTracker` is a torch function mode: every op passes its inputs' spans on to its
+outputs, and module hooks (see summary.py) overwrite them with the geometry of convolution and
+pooling layers.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ class Span:
     def window(self, kernel: int, stride: float, padding: int, dilation: int = 1) -> Span:
         reach = dilation * (kernel - 1)
         return Span(
-            self.lo - padding * self.jump, self.hi + (reach - padding) * self.jump, stride * self.jump
+            self.lo - padding * self.jump,
+            self.hi + (reach - padding) * self.jump,
+            stride * self.jump,
         )
 
     def union(self, other: Span) -> Span:
@@ -69,9 +73,7 @@ class Field:
         return Field(Span(0, 0, 1), Span(0, 0, 1), (height, width))
 
     def union(self, other: Field) -> Field:
-        return Field(
-            self.height.union(other.height), self.width.union(other.width), self.map_size
-        )
+        return Field(self.height.union(other.height), self.width.union(other.width), self.map_size)
 
 
 class FieldTracker(TorchFunctionMode):
@@ -113,9 +115,7 @@ def layer_field(module: nn.Module, field: Field, input_shape: torch.Size) -> Fie
         if len(input_shape) == 4:  # a 1x1 conv in disguise: sees what its input saw
             return field
         rows, cols = field.map_size
-        return Field(
-            field.height.window(rows, rows, 0), field.width.window(cols, cols, 0), (1, 1)
-        )
+        return Field(field.height.window(rows, rows, 0), field.width.window(cols, cols, 0), (1, 1))
     if not isinstance(module, SPATIAL_LAYERS):
         return field
     spans = []
@@ -131,7 +131,7 @@ def layer_field(module: nn.Module, field: Field, input_shape: torch.Size) -> Fie
 
 
 def check_fits(module: nn.Module, name: str, input_shape: torch.Size) -> None:
-    """Refuse an input map too small for a conv or pooling layer, showing the output-size formula."""
+    """Refuse an input map too small for a conv or pooling layer, showing the size formula."""
     if isinstance(module, nn.Linear):
         if input_shape[-1] != module.in_features:
             raise InputShapeError(
@@ -151,9 +151,9 @@ def check_fits(module: nn.Module, name: str, input_shape: torch.Size) -> None:
         rounded = math.ceil(out) if getattr(module, "ceil_mode", False) else math.floor(out)
         if rounded < 1:
             raise InputShapeError(
-                f"input does not fit layer {name} ({type(module).__name__}): its {label} is {size}, "
-                f"and the output size (W - F + 2P) / S + 1 = ({size} - {span} + 2*{padding}) / "
-                f"{stride} + 1 = {out:g} is below 1"
+                f"input does not fit layer {name} ({type(module).__name__}): its {label} is "
+                f"{size}, and the output size (W - F + 2P) / S + 1 = "
+                f"({size} - {span} + 2*{padding}) / {stride} + 1 = {out:g} is below 1"
             )
 
 

@@ -20,7 +20,9 @@ from cnnlab.analysis.receptive_field import Field, FieldTracker, check_fits, lay
 from cnnlab.errors import InputShapeError
 from cnnlab.models import create_model
 
-MAC_NOTE = "MACs: multiply-accumulates of convolutions and linear layers per image (1 MAC = 2 FLOPs)"
+MAC_NOTE = (
+    "MACs: multiply-accumulates of convolutions and linear layers per image (1 MAC = 2 FLOPs)"
+)
 
 
 @dataclass
@@ -149,10 +151,10 @@ def _output_field(tracker: FieldTracker, module: nn.Module, args, output) -> Fie
     if next(module.children(), None) is not None:
         return tracker.get(output)
     field = tracker.get(args[0]) if args and isinstance(args[0], torch.Tensor) else None
-    if field is not None:
-        field = layer_field(module, field, args[0].shape)
-        tracker.set(output, field)
-    return field
+    if field is None:
+        return None
+    tracker.set(output, layer_field(module, field, args[0].shape))
+    return tracker.get(output)
 
 
 def _run(model: nn.Module, weights: dict, x: torch.Tensor) -> torch.Tensor:
@@ -180,6 +182,8 @@ def _accept_any(x: torch.Tensor) -> None:
 
 
 def _is_reported(module: nn.Module) -> bool:
+    if isinstance(module, nn.Identity):  # a placeholder for an absent layer: nothing to report
+        return False
     return next(module.children(), None) is None or _own_params(module) > 0
 
 

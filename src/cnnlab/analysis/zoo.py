@@ -63,11 +63,17 @@ def format_zoo(entries: list[ZooEntry]) -> str:
 
     def line(cells):
         return "  ".join(
-            c.rjust(w) if i in (1, 2) else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            c.rjust(w) if i in (1, 2) else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
     return "\n".join(
-        [line(header), line(["-" * w for w in widths]), *map(line, rows), "",
-         f"{len(entries)} models; parameters and MACs (multiply-accumulates of convolutions and "
-         "linear layers, 1 MAC = 2 FLOPs) for 1000 classes at the default input."]
+        [
+            line(header),
+            line(["-" * w for w in widths]),
+            *map(line, rows),
+            "",
+            f"{len(entries)} models; parameters and MACs (multiply-accumulates of convolutions and "
+            "linear layers, 1 MAC = 2 FLOPs) for 1000 classes at the default input.",
+        ]
     )

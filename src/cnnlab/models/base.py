@@ -67,8 +67,7 @@ class ClassifierModel(nn.Module):
         height, width = x.shape[-2:]
         if height < min_h or width < min_w:
             raise InputShapeError(
-                f"{self.name} needs inputs of at least {min_h}x{min_w} pixels, "
-                f"got {height}x{width}"
+                f"{self.name} needs inputs of at least {min_h}x{min_w} pixels, got {height}x{width}"
             )
 
 

@@ -29,7 +29,13 @@ class ConvNormAct(nn.Sequential):
     ):
         layers: list[nn.Module] = [
             nn.Conv2d(
-                in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=not norm
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding,
+                groups=groups,
+                bias=not norm,
             )
         ]
         if norm:

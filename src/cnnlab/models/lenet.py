@@ -40,8 +40,10 @@ class LeNet(ClassifierModel):
         self.default_cfg = DefaultCfg((in_channels, 28, 28), (12, 12), PAPER, 1998)
         self.num_features = 84
         self.features = nn.Sequential(
-            *_conv(in_channels, 6, 5, 2, batch_norm, activation), pool(2, 2),
-            *_conv(6, 16, 5, 0, batch_norm, activation), pool(2, 2),
+            *_conv(in_channels, 6, 5, 2, batch_norm, activation),
+            pool(2, 2),
+            *_conv(6, 16, 5, 0, batch_norm, activation),
+            pool(2, 2),
         )
         self.pool = nn.AdaptiveAvgPool2d((5, 5))
         self.flatten = nn.Flatten(1)
