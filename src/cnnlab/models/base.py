@@ -45,10 +45,14 @@ class ClassifierModel(nn.Module):
         raise NotImplementedError
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        raise NotImplementedError
+        """Logits, or the pooled features with `pre_logits`; this default serves the models
+        whose `head` is a `layers.GlobalPoolHead`."""
+        return self.head(x, pre_logits=pre_logits)
 
     def reset_classifier(self, num_classes: int) -> None:
-        raise NotImplementedError
+        """A new, freshly initialised final layer for `num_classes` (0: none)."""
+        self.num_classes = num_classes
+        self.head.reset(num_classes)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Refuse a batch that is not N x in_channels x H x W with H, W at least the minimum."""

@@ -186,13 +186,6 @@ class DenseNet(ClassifierModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_act(self.stages(self.stem(x)))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes)
-
 
 def _densenet_bc(name: str, num_classes: int, in_channels: int, drop_rate: float) -> DenseNet:
     growth_rate, block_depths = DENSENET_BC[name]

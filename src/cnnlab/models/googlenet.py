@@ -193,12 +193,8 @@ class GoogLeNet(ClassifierModel):
                 aux[AUX_TAPS[name]] = self.aux[AUX_TAPS[name]](x)
         return x, aux
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
     def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes)
+        super().reset_classifier(num_classes)
         for head in self.aux.values():
             head.reset(num_classes)
 

@@ -187,12 +187,8 @@ class InceptionV3(ClassifierModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stage_8(self.stage_17(self.stage_35(self.stem(x))))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits)
-
     def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes)
+        super().reset_classifier(num_classes)
         if self.aux is not None:
             self.aux.fc = linear_or_identity(768, num_classes)
 
