@@ -70,7 +70,42 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")
     zoo.add_argument("--json", action="store_true", help="print JSON instead of a table")
     zoo.set_defaults(run=run_zoo)
+
+    data = commands.add_parser("data", help="inspect datasets", description="Inspect datasets.")
+    data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    info = data_commands.add_parser(
+        "info",
+        help="counts per class, mean/std per channel, image size, and a grid of samples",
+        description="Counts per class, mean/std per channel, image size; --grid writes a PNG "
+        "with sample images of every class.",
+    )
+    info.add_argument(
+        "dataset", help="fashion-mnist, mnist, kmnist, cifar10, cifar100, or a folder"
+    )
+    info.add_argument("--split", default="train", help="train, test (val for folders)")
+    add_data_dir(info)
+    info.add_argument("--grid", metavar="OUT.png", help="write a PNG grid of samples per class")
+    info.add_argument("--per-class", type=positive_int, default=8, metavar="N", help="grid columns")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    info.set_defaults(run=run_data_info)
     return parser
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where datasets live (default: $CNNLAB_DATA, else ~/.cache/cnnlab/data)",
+    )
+    parser.add_argument(
+        "--no-download", action="store_true", help="fail instead of downloading missing files"
+    )
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def parse_input_size(text: str) -> tuple[int, int, int]:
@@ -127,4 +162,18 @@ def run_zoo(args: argparse.Namespace) -> int:
         print(json.dumps([e.to_dict() for e in entries], indent=2))
     else:
         print(format_zoo(entries))
+    return 0
+
+
+def run_data_info(args: argparse.Namespace) -> int:
+    from cnnlab.data import load_dataset
+    from cnnlab.data.info import dataset_info, format_info, save_grid
+
+    data = load_dataset(args.dataset, args.split, root=args.data_dir, download=not args.no_download)
+    info = dataset_info(data)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    if args.grid:
+        save_grid(data, args.grid, per_class=args.per_class)
+        if not args.json:
+            print(f"grid of samples written to {args.grid}")
     return 0

@@ -14,3 +14,19 @@ class UnknownModelError(CnnlabError, ValueError):
 
 class InputShapeError(CnnlabError, ValueError):
     """An input tensor whose shape a model or layer cannot take."""
+
+
+class DataError(CnnlabError):
+    """A dataset that cannot be used: missing, unreadable, or not what its format promises."""
+
+
+class DataFormatError(DataError):
+    """A data file whose content breaks its format (names the file, expected and found)."""
+
+
+class MissingDataError(DataError):
+    """Dataset files that are not on disk and could not be downloaded."""
+
+
+class DownloadError(DataError):
+    """A download that failed or delivered the wrong bytes; nothing is left behind."""

@@ -1,0 +1,66 @@
+"""Datasets from files on disk to batches on the device.
+
+`load_dataset(name_or_path, split)` returns an `ImageSet` (uint8 images N x C x H x W, int64
+labels, class names) for a named dataset (Fashion-MNIST, MNIST, KMNIST, CIFAR-10, CIFAR-100,
+downloaded with verified checksums when missing) or for an image folder of the user's own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cnnlab.data.catalog import DATASETS, DatasetSpec, resolve_root
+from cnnlab.data.cifar import read_cifar10, read_cifar100
+from cnnlab.data.dataset import ImageSet
+from cnnlab.data.download import ensure_files
+from cnnlab.data.folder import load_image_folder
+from cnnlab.data.idx import read_idx_images, read_idx_labels
+from cnnlab.errors import DataError
+
+__all__ = ["DATASETS", "ImageSet", "load_dataset", "resolve_root"]
+
+
+def load_dataset(
+    name_or_path: str | os.PathLike,
+    split: str = "train",
+    root: str | os.PathLike | None = None,
+    download: bool = True,
+    progress: bool = True,
+) -> ImageSet:
+    """Load one split of a named dataset (files under `root`, see `resolve_root`) or of an image
+    folder (`name_or_path` is then the folder; `split` picks its train/val/test subfolder)."""
+    name = str(name_or_path)
+    if name in DATASETS:
+        spec = DATASETS[name]
+        if split not in spec.splits:
+            raise DataError(
+                f"{name} has no split {split!r}; its splits are: {', '.join(spec.splits)}"
+            )
+        folder = ensure_files(spec, resolve_root(root), download=download, progress=progress)
+        return _read_named(spec, folder, split)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return load_image_folder(path, split)
+    raise DataError(
+        f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)} or an image folder "
+        f"(one subfolder per class), and no folder {path} exists"
+    )
+
+
+def _read_named(spec: DatasetSpec, folder: Path, split: str) -> ImageSet:
+    files = spec.splits[split]
+    classes = list(spec.classes)
+    if spec.format == "idx":
+        images = read_idx_images(folder / files[0])
+        labels = read_idx_labels(folder / files[1], len(classes))
+        if len(images) != len(labels):
+            raise DataError(
+                f"{folder / files[0]} holds {len(images)} images but {folder / files[1]} "
+                f"holds {len(labels)} labels: expected one label per image"
+            )
+    elif spec.format == "cifar10":
+        images, labels = read_cifar10(folder, files)
+    else:
+        images, labels, classes = read_cifar100(folder, [f for f in files if f.endswith(".bin")])
+    return ImageSet(f"{spec.name}/{split}", images, labels, classes)

@@ -1,0 +1,118 @@
+"""load_dataset, the data root, and `cnnlab data info` on generated and on real data."""
+
+import gzip
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlab.cli import main
+from cnnlab.data import load_dataset, resolve_root
+from cnnlab.errors import DataError, MissingDataError
+
+REAL_DATA = os.environ.get("CNNLAB_DATA")
+needs_real_data = pytest.mark.skipif(
+    not REAL_DATA, reason="CNNLAB_DATA is unset: the real Fashion-MNIST is not available"
+)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def fake_fashion_mnist(root: Path, train: int = 30, test: int = 10, labels_off_by: int = 0):
+    folder = root / "fashion-mnist"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", train), ("t10k", test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (count, 28, 28)))
+        labels = np.arange(count + labels_off_by) % 10
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def test_named_dataset_from_root(tmp_path):
+    fake_fashion_mnist(tmp_path)
+    train = load_dataset("fashion-mnist", "train", root=tmp_path, download=False)
+    assert train.images.shape == (30, 1, 28, 28) and train.images.dtype.is_floating_point is False
+    assert train.labels.tolist() == [i % 10 for i in range(30)]
+    assert train.classes[0] == "T-shirt/top" and train.name == "fashion-mnist/train"
+    assert len(load_dataset("fashion-mnist", "test", root=tmp_path, download=False)) == 10
+
+
+def test_image_and_label_counts_must_agree(tmp_path):
+    folder = fake_fashion_mnist(tmp_path, labels_off_by=2)
+    with pytest.raises(DataError, match=r"30 images but .*32 labels") as error:
+        load_dataset("fashion-mnist", "train", root=tmp_path, download=False)
+    assert str(folder) in str(error.value)
+
+
+def test_unknown_split_and_dataset(tmp_path):
+    with pytest.raises(DataError, match="its splits are: train, test"):
+        load_dataset("fashion-mnist", "validation", root=tmp_path)
+    with pytest.raises(DataError, match="unknown dataset 'fashion_mnist'.*fashion-mnist"):
+        load_dataset("fashion_mnist", root=tmp_path)
+
+
+def test_missing_files_offline(tmp_path):
+    with pytest.raises(MissingDataError) as error:
+        load_dataset("mnist", "train", root=tmp_path, download=False)
+    assert str(tmp_path / "mnist") in str(error.value)
+    assert "train-images-idx3-ubyte.gz" in str(error.value)
+
+
+def test_root_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "env"))
+    assert resolve_root(tmp_path / "arg") == tmp_path / "arg"
+    assert resolve_root() == tmp_path / "env"
+    monkeypatch.delenv("CNNLAB_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert resolve_root() == tmp_path / "cache" / "cnnlab" / "data"
+
+
+def test_data_info_cli_text_json_and_grid(tmp_path, capsys):
+    fake_fashion_mnist(tmp_path)
+    grid = tmp_path / "grid.png"
+    argv = ["data", "info", "fashion-mnist", "--data-dir", str(tmp_path), "--no-download"]
+    assert main([*argv, "--grid", str(grid), "--per-class", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "30 images of 1x28x28" in out and "Ankle boot" in out and str(grid) in out
+    with Image.open(grid) as image:
+        assert image.format == "PNG"
+        assert image.size[1] == 10 * (28 * 2 + 2) and image.size[0] > 3 * 56
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert main([*argv, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["images"] == 30 and info["per_class"]["Trouser"] == 3
+    assert 0.45 < info["mean"][0] < 0.55  # uniform random pixels
+
+
+def test_data_info_errors_are_one_line(tmp_path, capsys):
+    assert main(["data", "info", "mnist", "--data-dir", str(tmp_path), "--no-download"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "mnist" in err
+
+
+@needs_real_data
+def test_real_fashion_mnist():
+    train = load_dataset("fashion-mnist", "train", download=False)
+    test = load_dataset("fashion-mnist", "test", download=False)
+    assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
+    assert train.class_counts().tolist() == [6000] * 10
+    assert test.class_counts().tolist() == [1000] * 10
+    mean, std = train.mean_std()
+    assert abs(mean.item() - 0.2860) < 0.001 and abs(std.item() - 0.3530) < 0.001
+
+
+@needs_real_data
+def test_real_data_info_grid(tmp_path, capsys):
+    grid = tmp_path / "fashion.png"
+    assert main(["data", "info", "fashion-mnist", "--split", "test", "--grid", str(grid)]) == 0
+    out = capsys.readouterr().out
+    assert "10,000 images" in out and "Ankle boot" in out
+    assert grid.stat().st_size > 1000
