@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument(
         "dataset", help="fashion-mnist, mnist, kmnist, cifar10, cifar100, or a folder"
     )
-    info.add_argument("--split", default="train", help="train, test (val for folders)")
+    info.add_argument(
+        "--split", help="train (default), test; for a folder: its train/val/test subfolder"
+    )
     add_data_dir(info)
     info.add_argument("--grid", metavar="OUT.png", help="write a PNG grid of samples per class")
     info.add_argument("--per-class", type=positive_int, default=8, metavar="N", help="grid columns")

@@ -15,7 +15,7 @@ from cnnlab.data.cifar import read_cifar10, read_cifar100
 from cnnlab.data.dataset import ImageSet
 from cnnlab.data.download import ensure_files
 from cnnlab.data.folder import load_image_folder
-from cnnlab.data.idx import read_idx_images, read_idx_labels
+from cnnlab.data.idx import check_pair, read_idx_images, read_idx_labels
 from cnnlab.errors import DataError
 
 __all__ = ["DATASETS", "ImageSet", "load_dataset", "resolve_root"]
@@ -23,16 +23,20 @@ __all__ = ["DATASETS", "ImageSet", "load_dataset", "resolve_root"]
 
 def load_dataset(
     name_or_path: str | os.PathLike,
-    split: str = "train",
+    split: str | None = None,
     root: str | os.PathLike | None = None,
     download: bool = True,
     progress: bool = True,
 ) -> ImageSet:
     """Load one split of a named dataset (files under `root`, see `resolve_root`) or of an image
-    folder (`name_or_path` is then the folder; `split` picks its train/val/test subfolder)."""
+    folder (`name_or_path` is then the folder; `split` picks its train/val/test subfolder).
+
+    `split=None` means "train", or the whole folder for an image folder without split folders.
+    """
     name = str(name_or_path)
     if name in DATASETS:
         spec = DATASETS[name]
+        split = split or "train"
         if split not in spec.splits:
             raise DataError(
                 f"{name} has no split {split!r}; its splits are: {', '.join(spec.splits)}"
@@ -41,6 +45,8 @@ def load_dataset(
         return _read_named(spec, folder, split)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        if split is None and (path / "train").is_dir():
+            split = "train"
         return load_image_folder(path, split)
     raise DataError(
         f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)} or an image folder "
@@ -54,11 +60,7 @@ def _read_named(spec: DatasetSpec, folder: Path, split: str) -> ImageSet:
     if spec.format == "idx":
         images = read_idx_images(folder / files[0])
         labels = read_idx_labels(folder / files[1], len(classes))
-        if len(images) != len(labels):
-            raise DataError(
-                f"{folder / files[0]} holds {len(images)} images but {folder / files[1]} "
-                f"holds {len(labels)} labels: expected one label per image"
-            )
+        check_pair(images, labels, folder / files[0], folder / files[1])
     elif spec.format == "cifar10":
         images, labels = read_cifar10(folder, files)
     else:

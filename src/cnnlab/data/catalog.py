@@ -122,7 +122,10 @@ CIFAR100 = DatasetSpec(
     "cifar100",
     "cifar-100-binary",
     "cifar100",
-    {"train": ("train.bin", "fine_label_names.txt"), "test": ("test.bin", "fine_label_names.txt")},
+    {
+        split: (f"{split}.bin", "fine_label_names.txt", "coarse_label_names.txt")
+        for split in ("train", "test")
+    },
     (
         RemoteFile(
             "cifar-100-binary.tar.gz",

@@ -1,0 +1,375 @@
+"""Batched augmentation on the training device: whole batches at once, no per-sample Python.
+
+Every random op is a small object called as `op(x, generator)`: `x` is a float batch
+N x C x H x W (CPU or CUDA) and `generator` a `torch.Generator` on the same device (or None for
+the global one), so that a seeded loader reproduces the same augmented batches. Per-sample
+randomness (offsets, coin flips, rectangles, factors) is drawn as one tensor of N values and
+applied with index arithmetic, `torch.where` or coordinate masks.
+
+- `RandomCrop`: pad by `padding` pixels (zero or reflect) and cut a window of the original size
+  at a random offset; the padding is never materialised, one gather reads every sample's window.
+- `HorizontalFlip`: mirror each sample with probability p.
+- `RandomErasing`: Zhong et al., "Random Erasing Data Augmentation" (AAAI 2020, arXiv 2017):
+  with probability p, one rectangle of random area fraction and aspect ratio is filled with
+  zeros or random values. As in the paper's Algorithm 1 a sample gets several attempts to draw
+  a rectangle that fits (10 here, as torchvision), and stays as it is when none does. The aspect
+  ratio is drawn log-uniformly (tall and wide equally likely) where the paper draws it
+  uniformly. It runs after normalisation, so "zero" is the dataset mean and "random" is N(0, 1),
+  the paper's random pixel values in normalised units.
+- `ColorJitter`: brightness, contrast and saturation factors drawn uniformly from
+  [max(0, 1 - s), 1 + s], applied in that fixed order on [0, 1] pixels (grey levels: ITU-R
+  BT.601 luma, as PIL). RGB only: a batch that does not have 3 channels is refused with an
+  `InputShapeError`, since saturation has no meaning for it. No hue jitter.
+- `resize`: bilinear interpolation, antialiased when shrinking. d2l trains the 28x28 datasets
+  at 224 for AlexNet/VGG/NiN and at 96 for GoogLeNet/ResNet/DenseNet; LeNet stays at 28.
+
+`BatchPipeline` turns a uint8 batch into the float batch a model eats, in this order: to [0, 1]
+floats, the pixel ops (crop, flip, jitter) at the stored resolution (cheapest, and a padding
+of 4 means 4 stored pixels whatever the model size), resize, per-dataset normalisation, then
+the ops on normalised values (erasing). `parse_augmentations("crop,flip,erase")` builds the
+training ops from the names in `AUGMENTATIONS` (the CLI's `--augment LIST`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.errors import CnnlabError, InputShapeError
+
+PIXELS = "pixels"  # ops that see [0, 1] values at the stored resolution
+NORMALIZED = "normalized"  # ops that see normalised values at the model's resolution
+
+# ITU-R BT.601 luma weights, the grey level PIL and torchvision use.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def check_batch(x: torch.Tensor, op: str) -> None:
+    if x.dim() != 4 or not x.is_floating_point():
+        raise InputShapeError(
+            f"{op} expects a float batch N x C x H x W, got {x.dtype} of shape {tuple(x.shape)}"
+        )
+
+
+def check_probability(p: float, name: str) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise CnnlabError(f"{name}: probability must be in [0, 1], got {p}")
+
+
+def uniform(n: int, low: float, high: float, x: torch.Tensor, generator) -> torch.Tensor:
+    """n values drawn uniformly from [low, high), on x's device."""
+    values = torch.rand(n, generator=generator, device=x.device)
+    return values.mul_(high - low).add_(low)
+
+
+class RandomCrop:
+    """A window of the input's size at a random offset in the input padded by `padding` pixels."""
+
+    stage = PIXELS
+
+    def __init__(self, padding: int = 4, mode: str = "zero"):
+        if padding < 0:
+            raise CnnlabError(f"crop: padding must be >= 0, got {padding}")
+        if mode not in ("zero", "reflect"):
+            raise CnnlabError(f"crop: padding mode must be 'zero' or 'reflect', got {mode!r}")
+        self.padding = padding
+        self.mode = mode
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        check_batch(x, "crop")
+        n, channels, height, width = x.shape
+        if self.mode == "reflect" and self.padding >= min(height, width):
+            raise InputShapeError(
+                f"crop: reflect padding of {self.padding} needs images larger than that, "
+                f"got {height}x{width}"
+            )
+        if self.padding == 0:
+            return x
+        offsets = torch.randint(
+            0, 2 * self.padding + 1, (2, n), generator=generator, device=x.device
+        )
+        rows, row_inside = self.source_positions(offsets[0], height)
+        cols, col_inside = self.source_positions(offsets[1], width)
+        # One gather over the flattened image reads every sample's window at its own offset.
+        flat_index = (rows[:, :, None] * width + cols[:, None, :]).view(n, 1, height * width)
+        out = x.reshape(n, channels, height * width).gather(
+            2, flat_index.expand(n, channels, height * width)
+        )
+        out = out.view(n, channels, height, width)
+        if self.mode == "zero":
+            # A float mask and a multiply: CPU kernels on bool masks are several times slower.
+            inside = (
+                row_inside.to(x.dtype)[:, None, :, None] * col_inside.to(x.dtype)[:, None, None, :]
+            )
+            out.mul_(inside)
+        return out
+
+    def source_positions(self, offset: torch.Tensor, size: int):
+        """Each output position's index along one axis of the unpadded image (N x size), and
+        for zero padding whether it falls inside the image."""
+        positions = offset[:, None] - self.padding + torch.arange(size, device=offset.device)
+        if self.mode == "reflect":
+            positions = positions.abs()  # -k reflects to k (the edge is not repeated)
+            positions = torch.where(positions >= size, 2 * (size - 1) - positions, positions)
+            return positions, None
+        inside = (positions >= 0) & (positions < size)
+        return positions.clamp_(0, size - 1), inside
+
+
+class HorizontalFlip:
+    """Mirror each sample left-right with probability p."""
+
+    stage = PIXELS
+
+    def __init__(self, p: float = 0.5):
+        check_probability(p, "flip")
+        self.p = p
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        check_batch(x, "flip")
+        n, channels, height, width = x.shape
+        flip = torch.rand(n, generator=generator, device=x.device) < self.p
+        # Each sample's column order, then one gather: cheaper than blending x with x.flip(3).
+        cols = torch.arange(width, device=x.device)
+        source_cols = torch.where(flip[:, None], width - 1 - cols, cols)
+        return x.gather(3, source_cols[:, None, None, :].expand(n, channels, height, width))
+
+
+class RandomErasing:
+    """Zhong et al. (2017): with probability p, fill one random rectangle of each sample."""
+
+    stage = NORMALIZED
+    attempts = 10
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        scale: tuple[float, float] = (0.02, 0.33),
+        ratio: tuple[float, float] = (0.3, 1 / 0.3),
+        fill: str = "random",
+    ):
+        check_probability(p, "erase")
+        if not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise CnnlabError(
+                f"erase: area fractions must satisfy 0 < low <= high <= 1, got {scale}"
+            )
+        if not 0.0 < ratio[0] <= ratio[1]:
+            raise CnnlabError(f"erase: aspect ratios must satisfy 0 < low <= high, got {ratio}")
+        if fill not in ("zero", "random"):
+            raise CnnlabError(f"erase: fill must be 'zero' or 'random', got {fill!r}")
+        self.p, self.scale, self.ratio, self.fill = p, scale, ratio, fill
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        check_batch(x, "erase")
+        erased = self.rectangles(x, generator)
+        kept = x * (1.0 - erased)
+        if self.fill == "zero":
+            return kept
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return kept.addcmul_(noise, erased)
+
+    def rectangles(self, x: torch.Tensor, generator) -> torch.Tensor:
+        """N x 1 x H x W, 1.0 inside the rectangle to erase in each sample and 0.0 elsewhere (all
+        0 where the coin said no or no attempt fitted); float so that filling is a multiply."""
+        n, _, height, width = x.shape
+        tries = n * self.attempts
+        area = uniform(tries, *self.scale, x, generator) * (height * width)
+        log_ratio = uniform(tries, math.log(self.ratio[0]), math.log(self.ratio[1]), x, generator)
+        aspect = log_ratio.exp_()
+        heights = (area * aspect).sqrt_().round_().long().view(n, self.attempts)
+        widths = (area / aspect).sqrt_().round_().long().view(n, self.attempts)
+        fits = (heights >= 1) & (widths >= 1) & (heights <= height) & (widths <= width)
+        first_fit = fits.byte().argmax(1, keepdim=True)  # argmax returns the first maximum
+        heights = heights.gather(1, first_fit).squeeze(1)
+        widths = widths.gather(1, first_fit).squeeze(1)
+        coin = torch.rand(n, generator=generator, device=x.device) < self.p
+        erase = coin & fits.any(1)
+        corner = torch.rand(2, n, generator=generator, device=x.device)
+        top = (corner[0] * (height - heights + 1)).long()
+        left = (corner[1] * (width - widths + 1)).long()
+        rows = torch.arange(height, device=x.device)
+        cols = torch.arange(width, device=x.device)
+        in_rows = (rows >= top[:, None]) & (rows < (top + heights)[:, None]) & erase[:, None]
+        in_cols = (cols >= left[:, None]) & (cols < (left + widths)[:, None])
+        return in_rows.to(x.dtype)[:, None, :, None] * in_cols.to(x.dtype)[:, None, None, :]
+
+
+class ColorJitter:
+    """Random brightness, contrast and saturation of RGB batches; a strength of 0 skips that
+    part (exactly the identity)."""
+
+    stage = PIXELS
+
+    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4):
+        for name, strength in (
+            ("brightness", brightness),
+            ("contrast", contrast),
+            ("saturation", saturation),
+        ):
+            if strength < 0:
+                raise CnnlabError(f"jitter: {name} strength must be >= 0, got {strength}")
+        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        check_batch(x, "jitter")
+        if x.shape[1] != 3:
+            raise InputShapeError(
+                f"jitter: colour jitter needs RGB images (3 channels), got {x.shape[1]} channel(s) "
+                f"in a batch of shape {tuple(x.shape)}; leave 'jitter' out for grey images"
+            )
+        if self.brightness:
+            x = (x * self.factors(self.brightness, x, generator)).clamp_(0.0, 1.0)
+        if self.contrast:
+            mean_grey = grey(x).mean(dim=(1, 2, 3), keepdim=True)
+            x = torch.lerp(mean_grey, x, self.factors(self.contrast, x, generator)).clamp_(0, 1)
+        if self.saturation:
+            x = torch.lerp(grey(x), x, self.factors(self.saturation, x, generator)).clamp_(0, 1)
+        return x
+
+    @staticmethod
+    def factors(strength: float, x: torch.Tensor, generator) -> torch.Tensor:
+        low = max(0.0, 1.0 - strength)
+        return uniform(x.shape[0], low, 1.0 + strength, x, generator).view(-1, 1, 1, 1)
+
+
+def grey(x: torch.Tensor) -> torch.Tensor:
+    """The luma of an RGB batch, N x 1 x H x W."""
+    weights = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a float batch to `size` (H, W); antialiased when shrinking, so that
+    downscaled images do not alias. Returns `x` itself when it already has that size."""
+    check_batch(x, "resize")
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+Op = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
+
+
+class BatchPipeline:
+    """uint8 batch N x C x H x W -> normalised float32 batch at `size`, augmented by `train_ops`.
+
+    `mean` and `std` are per channel, in [0, 1] units (as `ImageSet.mean_std()` gives them);
+    `size` is an int or (H, W), None to keep the stored size. `for_eval()` is the same pipeline
+    without augmentation, for validation and test batches.
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float] | torch.Tensor,
+        std: Sequence[float] | torch.Tensor,
+        size: int | tuple[int, int] | None = None,
+        train_ops: Sequence[Op] = (),
+    ):
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean.numel() != std.numel() or mean.numel() == 0:
+            raise CnnlabError(
+                f"normalisation needs one mean and one std per channel, got {mean.numel()} means "
+                f"and {std.numel()} stds"
+            )
+        if not bool((std > 0).all()):
+            raise CnnlabError(f"normalisation std must be > 0, got {std.tolist()}")
+        self.mean, self.std = mean, std
+        self.size = None if size is None else as_size(size)
+        self.pixel_ops = tuple(op for op in train_ops if op.stage == PIXELS)
+        self.normalized_ops = tuple(op for op in train_ops if op.stage == NORMALIZED)
+        # Normalisation constants per device, so that a batch costs no host-to-device copy.
+        self.affine_cache: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    @property
+    def train_ops(self) -> tuple[Op, ...]:
+        return self.pixel_ops + self.normalized_ops
+
+    def for_eval(self) -> BatchPipeline:
+        return BatchPipeline(self.mean, self.std, self.size)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise InputShapeError(
+                f"the batch pipeline expects uint8 images N x C x H x W, got {images.dtype} of "
+                f"shape {tuple(images.shape)}"
+            )
+        channels = images.shape[1]
+        if self.mean.numel() not in (1, channels):
+            raise InputShapeError(
+                f"normalisation statistics are for {self.mean.numel()} channel(s), the batch has "
+                f"{channels}: shape {tuple(images.shape)}"
+            )
+        byte_scale, unit_scale, shift = self.affine(images.device)
+        resizing = self.size is not None and tuple(images.shape[-2:]) != self.size
+        if self.pixel_ops or resizing:
+            x = images.to(torch.float32).mul_(1 / 255)
+            for op in self.pixel_ops:
+                x = op(x, generator)
+            if resizing:
+                x = resize(x, self.size)
+            x = torch.addcmul(shift, x, unit_scale)  # (x - mean) / std in one pass
+        else:
+            x = torch.addcmul(shift, images, byte_scale)  # uint8 -> normalised float32 at once
+        for op in self.normalized_ops:
+            x = op(x, generator)
+        return x
+
+    def affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(1 / (255 std), 1 / std, -mean / std) shaped 1 x C x 1 x 1, on `device`."""
+        if device not in self.affine_cache:
+            std = self.std.view(1, -1, 1, 1)
+            unit_scale = 1.0 / std
+            shift = -self.mean.view(1, -1, 1, 1) / std
+            self.affine_cache[device] = tuple(
+                t.to(device) for t in (unit_scale / 255.0, unit_scale, shift)
+            )
+        return self.affine_cache[device]
+
+
+def as_size(size: int | Sequence[int]) -> tuple[int, int]:
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or min(pair) < 1:
+        raise CnnlabError(f"an image size must be one positive int or (height, width), got {size}")
+    return (int(pair[0]), int(pair[1]))
+
+
+# The names `--augment` takes: a factory of the op with the usual settings, and what it does.
+AUGMENTATIONS: dict[str, tuple[Callable[[], Op], str]] = {
+    "crop": (lambda: RandomCrop(padding=4), "random crop after 4-pixel zero padding"),
+    "crop-reflect": (
+        lambda: RandomCrop(padding=4, mode="reflect"),
+        "random crop after 4-pixel reflect padding",
+    ),
+    "flip": (lambda: HorizontalFlip(0.5), "horizontal flip with probability 0.5"),
+    "erase": (
+        lambda: RandomErasing(0.5, fill="random"),
+        "random erasing (Zhong et al.) with probability 0.5, random fill",
+    ),
+    "erase-zero": (
+        lambda: RandomErasing(0.5, fill="zero"),
+        "random erasing with probability 0.5, filled with the dataset mean",
+    ),
+    "jitter": (
+        lambda: ColorJitter(0.4, 0.4, 0.4),
+        "brightness, contrast and saturation jitter of 0.4 (RGB only)",
+    ),
+}
+
+
+def parse_augmentations(spec: str | None) -> list[Op]:
+    """The ops named in a comma list such as "crop,flip,erase"; "" or "none" gives none."""
+    names = [name.strip().lower() for name in (spec or "").split(",") if name.strip()]
+    if names == ["none"]:
+        return []
+    unknown = [name for name in names if name not in AUGMENTATIONS]
+    if unknown:
+        raise CnnlabError(
+            f"unknown augmentation(s) {', '.join(unknown)} in {spec!r}; known: "
+            f"{', '.join(AUGMENTATIONS)} (or 'none')"
+        )
+    return [AUGMENTATIONS[name][0]() for name in names]
