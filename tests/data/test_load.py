@@ -55,7 +55,7 @@ def test_image_and_label_counts_must_agree(tmp_path):
 def test_unknown_split_and_dataset(tmp_path):
     with pytest.raises(DataError, match="its splits are: train, test"):
         load_dataset("fashion-mnist", "validation", root=tmp_path)
-    with pytest.raises(DataError, match="unknown dataset 'fashion_mnist'.*fashion-mnist"):
+    with pytest.raises(DataError, match=r"unknown dataset 'fashion_mnist'.*fashion-mnist"):
         load_dataset("fashion_mnist", root=tmp_path)
 
 
