@@ -10,6 +10,7 @@ from cnnlab.data.augment import (
     BatchPipeline,
     ColorJitter,
     HorizontalFlip,
+    MovedBatches,
     RandomCrop,
     RandomErasing,
     parse_augmentations,
@@ -314,3 +315,38 @@ def test_parse_augmentations_names():
 def test_parse_augmentations_refuses_unknown_names_listing_the_known():
     with pytest.raises(CnnlabError, match=r"unknown augmentation\(s\) blur, mixup .*known: crop"):
         parse_augmentations("crop,blur,mixup")
+
+
+def test_moved_batches_equal_explicit_crop_and_flip():
+    images = torch.randint(0, 256, (20, 3, 6, 5), dtype=torch.uint8)
+    pipeline = BatchPipeline([0.5] * 3, [0.5] * 3, train_ops=parse_augmentations("crop,flip"))
+    moved = MovedBatches.for_pipeline(images, pipeline)
+    indices = torch.tensor([3, 0, 19, 3, 7])
+    out = moved(indices, generator(9))
+    draws = generator(9)
+    offsets = torch.randint(0, 9, (2, 5), generator=draws)
+    flips = torch.rand(5, generator=draws) < 0.5
+    padded = F.pad(images, (4, 4, 4, 4))
+    for k, index in enumerate(indices.tolist()):
+        top, left = offsets[0, k].item(), offsets[1, k].item()
+        if flips[k]:  # the window is taken from the mirrored image: its offset mirrors too
+            left = 8 - left
+        window = padded[index, :, top : top + 6, left : left + 5]
+        expected = window.flip(2) if flips[k] else window
+        assert torch.equal(out[k], expected), k
+    assert 0 < int(flips.sum()) < 5
+
+
+def test_moved_batches_only_for_plain_crop_and_flip():
+    images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    for spec, applies in [
+        ("crop", True),
+        ("flip", True),
+        ("flip,crop", True),
+        ("crop-reflect,flip", False),
+        ("crop,crop", False),
+        ("erase", False),
+        ("none", False),
+    ]:
+        pipeline = BatchPipeline([0.5], [0.5], train_ops=parse_augmentations(spec))
+        assert (MovedBatches.for_pipeline(images, pipeline) is not None) == applies, spec

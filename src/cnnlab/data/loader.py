@@ -3,7 +3,9 @@
 `InMemoryLoader` holds a whole dataset as one uint8 tensor on the training device (moved there
 once) and draws batches by a seeded permutation per epoch; each batch is indexed out as uint8
 and converted, resized, normalised and augmented by a `BatchPipeline` on the device, so that
-the dataset never exists in float and no per-sample Python runs on the hot path.
+the dataset never exists in float and no per-sample Python runs on the hot path. With random
+crop and flip, drawing, cropping and flipping a batch is a single indexing op
+(`augment.MovedBatches`, at the cost of a padded copy of the images).
 
 `StreamingLoader` serves image folders too large to hold: a `torch.utils.data.DataLoader` with
 worker processes reads a Dataset of (uint8 C x H x W tensor, label) pairs, collates uint8
@@ -24,7 +26,7 @@ import math
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cnnlab.data.augment import BatchPipeline
+from cnnlab.data.augment import BatchPipeline, MovedBatches
 from cnnlab.data.splits import AUGMENT_STREAM, ORDER_STREAM, seeded_generator
 from cnnlab.errors import CnnlabError, DataError
 
@@ -104,6 +106,7 @@ class InMemoryLoader:
         self.labels = labels.to(self.device, torch.long)
         self.batch_size, self.drop_last, self.seed = batch_size, drop_last, seed
         self.pipeline = pipeline
+        self.moved = MovedBatches.for_pipeline(self.images, pipeline)
         self.order = EpochOrder(len(labels), shuffle, seed, sampler)
         self.next_epoch = 0
 
@@ -125,12 +128,22 @@ class InMemoryLoader:
             generator = seeded_generator(self.seed, AUGMENT_STREAM, epoch, device=self.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             stop = min(start + self.batch_size, len(self.order))
-            if indices is None:  # sequential: slices are views, no gather
-                images, labels = self.images[start:stop], self.labels[start:stop]
-            else:
-                batch = indices[start:stop]
-                images, labels = self.images.index_select(0, batch), self.labels[batch]
-            yield prepare(images, self.pipeline, generator), labels
+            yield self.batch(start, stop, indices, generator)
+
+    def batch(self, start: int, stop: int, indices: torch.Tensor | None, generator):
+        """Positions start..stop of the epoch's order, as (float images, labels)."""
+        if indices is None and self.moved is None:  # sequential: slices are views, no gather
+            images = prepare(self.images[start:stop], self.pipeline, generator)
+            return images, self.labels[start:stop]
+        if indices is None:
+            batch = torch.arange(start, stop, device=self.device)
+        else:
+            batch = indices[start:stop]
+        if self.moved is not None:  # draw, crop and flip in one indexing op
+            images = self.pipeline.finish(self.moved(batch, generator), generator)
+        else:
+            images = prepare(self.images.index_select(0, batch), self.pipeline, generator)
+        return images, self.labels[batch]
 
 
 def collate_uint8(samples) -> tuple[torch.Tensor, torch.Tensor]:
