@@ -116,3 +116,30 @@ def test_real_data_info_grid(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "10,000 images" in out and "Ankle boot" in out
     assert grid.stat().st_size > 1000
+
+
+def test_cifar10_through_load_dataset(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        records = rng.integers(0, 256, (4, 3073), dtype=np.uint8)
+        records[:, 0] = np.arange(4)
+        (folder / name).write_bytes(records.tobytes())
+    train = load_dataset("cifar10", root=tmp_path, download=False)
+    assert train.images.shape == (20, 3, 32, 32) and train.classes[1] == "automobile"
+    assert train.labels.tolist() == [0, 1, 2, 3] * 5
+
+
+def test_image_folder_through_load_dataset(tmp_path, capsys):
+    for split in ("train", "val"):
+        for label, name in enumerate(("cat", "dog")):
+            (tmp_path / "pets" / split / name).mkdir(parents=True)
+            for i in range(2):
+                pixels = np.full((8, 8, 3), 40 * label + i, dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "pets" / split / name / f"{i}.png")
+    train = load_dataset(tmp_path / "pets")
+    assert train.images.shape == (4, 3, 8, 8) and train.classes == ["cat", "dog"]
+    assert len(load_dataset(tmp_path / "pets", "val")) == 4
+    assert main(["data", "info", str(tmp_path / "pets"), "--split", "val"]) == 0
+    assert "4 images of 3x8x8" in capsys.readouterr().out
