@@ -27,7 +27,7 @@ from cnnlab.models.vgg import VGG
 
 # Each has `features`, then an adaptive `pool` (the identity at the default input), `flatten`,
 # the `hidden` FC layers and the classifier `fc`.
-SUPPORTED = (AlexNet, VGG, LeNet)
+SUPPORTED = (AlexNet, VGG, LeNet)  # the FullyConnectedHeadModel families
 
 
 class FullyConvolutional(ClassifierModel):

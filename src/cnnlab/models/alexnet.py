@@ -12,10 +12,9 @@ fifth convolutions and the hidden fully connected layers (to give ReLUs positive
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from cnnlab.models.base import ClassifierModel, DefaultCfg
+from cnnlab.models.base import DefaultCfg, FullyConnectedHeadModel
 from cnnlab.models.registry import register_model
 
 PAPER = "ImageNet Classification with Deep Convolutional Neural Networks (Krizhevsky et al.)"
@@ -41,7 +40,7 @@ LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 MIN_INPUT = 63
 
 
-class AlexNet(ClassifierModel):
+class AlexNet(FullyConnectedHeadModel):
     """Five convolutions and three max pools, then dropout-FC-ReLU twice and the classifier."""
 
     def __init__(self, num_classes: int, in_channels: int, lrn: bool):
@@ -73,16 +72,8 @@ class AlexNet(ClassifierModel):
         )
         self.fc = _classifier(HIDDEN, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.hidden(self.flatten(self.pool(x)))
-        return x if pre_logits else self.fc(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = _classifier(self.num_features, num_classes)
+    def new_classifier(self, num_classes: int) -> nn.Module:
+        return _classifier(self.num_features, num_classes)
 
 
 def _init(layer: nn.Conv2d | nn.Linear, bias: float) -> nn.Module:

@@ -75,6 +75,27 @@ class ClassifierModel(nn.Module):
             )
 
 
+class FullyConnectedHeadModel(ClassifierModel):
+    """The classic layout (LeNet, AlexNet, VGG): `features`, an adaptive `pool` that is the
+    identity at the design input, `flatten`, the `hidden` fully connected layers and the final
+    layer `fc`. `analysis.to_fully_convolutional` relies on this layout."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.hidden(self.flatten(self.pool(x)))
+        return x if pre_logits else self.fc(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = self.new_classifier(num_classes)
+
+    def new_classifier(self, num_classes: int) -> nn.Module:
+        """A fresh final layer; models with their own initialisation override this."""
+        return linear_or_identity(self.num_features, num_classes)
+
+
 def linear_or_identity(in_features: int, num_classes: int) -> nn.Module:
     """The final classifier layer; `num_classes=0` means no classifier (pooled features out)."""
     return nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()

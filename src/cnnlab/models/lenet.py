@@ -10,16 +10,15 @@ Weights start Xavier-uniform, as d2l's training code initialises them.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from cnnlab.models.base import ClassifierModel, DefaultCfg, linear_or_identity
+from cnnlab.models.base import DefaultCfg, FullyConnectedHeadModel, linear_or_identity
 from cnnlab.models.registry import register_model
 
 PAPER = "Gradient-Based Learning Applied to Document Recognition (LeCun et al.)"
 
 
-class LeNet(ClassifierModel):
+class LeNet(FullyConnectedHeadModel):
     """Two conv/pool stages, then 120-84-`num_classes` fully connected layers.
 
     An adaptive pool to 5x5 (the identity at 28x28) lets inputs of other sizes through, e.g. the
@@ -56,17 +55,6 @@ class LeNet(ClassifierModel):
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.hidden(self.flatten(self.pool(x)))
-        return x if pre_logits else self.fc(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = linear_or_identity(self.num_features, num_classes)
 
 
 def _conv(cin, cout, kernel, padding, batch_norm, activation) -> list[nn.Module]:

@@ -17,11 +17,10 @@ shallower net.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from cnnlab.errors import UnknownModelError
-from cnnlab.models.base import ClassifierModel, DefaultCfg
+from cnnlab.models.base import DefaultCfg, FullyConnectedHeadModel
 from cnnlab.models.registry import register_model
 
 PAPER = "Very Deep Convolutional Networks for Large-Scale Image Recognition (Simonyan & Zisserman)"
@@ -39,7 +38,7 @@ POOLED = 7  # the map size at 224x224, fixed by the adaptive pool for other size
 MIN_INPUT = 32  # five 2x2 pools; the convs are padded
 
 
-class VGG(ClassifierModel):
+class VGG(FullyConnectedHeadModel):
     """The conv stages of one Table 1 configuration, then the three fully connected layers."""
 
     def __init__(
@@ -87,16 +86,8 @@ class VGG(ClassifierModel):
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 _init(module)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.hidden(self.flatten(self.pool(x)))
-        return x if pre_logits else self.fc(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = _classifier(self.num_features, num_classes)
+    def new_classifier(self, num_classes: int) -> nn.Module:
+        return _classifier(self.num_features, num_classes)
 
 
 def _scaled(width: int, multiplier: float) -> int:
