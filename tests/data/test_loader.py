@@ -180,3 +180,19 @@ def test_collate_refuses_mixed_images():
         collate_uint8(mixed)
     with pytest.raises(DataError, match=r"found: torch.float32 \(1, 4, 4\)"):
         collate_uint8([(torch.zeros(1, 4, 4), 0)])
+
+
+def test_epoch_resumes_mid_way_with_the_augmentation_state():
+    images = torch.randint(0, 256, (50, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(50) % 5
+    pipeline = BatchPipeline([0.5], [0.5], train_ops=parse_augmentations("crop,flip,erase"))
+    loader = InMemoryLoader(images, labels, 8, seed=3, pipeline=pipeline)
+    straight = list(loader.epoch_batches(2))
+    interrupted = loader.epoch_batches(2)
+    for _ in range(3):
+        next(interrupted)
+    state = loader.augment_generator.get_state()
+    resumed = list(loader.epoch_batches(2, start=3, augment_state=state))
+    assert len(resumed) == len(straight) - 3
+    for (x, y), (x2, y2) in zip(straight[3:], resumed, strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)

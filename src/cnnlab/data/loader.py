@@ -120,15 +120,25 @@ class InMemoryLoader:
     def __iter__(self):
         epoch = self.next_epoch
         self.next_epoch += 1
+        return self.epoch_batches(epoch)
+
+    def epoch_batches(self, epoch: int, start: int = 0, augment_state: torch.Tensor | None = None):
+        """The batches of `epoch` from batch number `start` on. While it runs,
+        `self.augment_generator` draws the augmentation; its state (`get_state()`) saved after
+        batch k, given back as `augment_state` with `start=k+1`, resumes the epoch exactly."""
         indices = self.order.indices(epoch)
         if indices is not None:
             indices = indices.to(self.device)
-        generator = None
+        self.augment_generator = None
         if self.pipeline is not None and self.pipeline.train_ops:
-            generator = seeded_generator(self.seed, AUGMENT_STREAM, epoch, device=self.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            stop = min(start + self.batch_size, len(self.order))
-            yield self.batch(start, stop, indices, generator)
+            self.augment_generator = seeded_generator(
+                self.seed, AUGMENT_STREAM, epoch, device=self.device
+            )
+            if augment_state is not None:
+                self.augment_generator.set_state(augment_state)
+        for first in range(start * self.batch_size, len(self) * self.batch_size, self.batch_size):
+            stop = min(first + self.batch_size, len(self.order))
+            yield self.batch(first, stop, indices, self.augment_generator)
 
     def batch(self, start: int, stop: int, indices: torch.Tensor | None, generator):
         """Positions start..stop of the epoch's order, as (float images, labels)."""

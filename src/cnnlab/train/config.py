@@ -1,0 +1,182 @@
+"""A training run's configuration: every setting, its default, and the TOML file that reruns it.
+
+Settings left unset (None) are resolved from the model and the dataset: the input resolution,
+batch size and learning rate d2l ("Dive into Deep Learning", Zhang et al.) uses to train each
+classic network on Fashion-MNIST, so `cnnlab train --model lenet_bn` is a good run as typed.
+A `--config FILE.toml` supplies values; command-line flags override them; `config.toml` in the
+run folder holds the fully resolved configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from cnnlab.errors import CnnlabError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+CHOICES = {
+    "optimizer": ("sgd", "momentum", "nesterov", "adam", "adamw"),
+    "schedule": ("constant", "step", "cosine", "onecycle"),
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("fp32", "bf16", "fp16"),
+    "early_stopping_metric": ("val_loss", "val_acc"),
+}
+
+# (input size, batch size, learning rate) d2l trains each family with on Fashion-MNIST, all with
+# plain SGD for 10 epochs; first matching prefix wins.
+FAMILY_DEFAULTS = (
+    ("lenet_bn", (28, 256, 1.0)),
+    ("lenet", (28, 256, 0.9)),
+    ("alexnet", (224, 128, 0.01)),
+    ("vgg", (224, 128, 0.05)),
+    ("nin", (224, 128, 0.1)),
+    ("googlenet", (96, 128, 0.1)),
+    ("inception_v2", (96, 128, 0.1)),
+    ("inception", (299, 32, 0.045)),  # v3, v4, Inception-ResNet: their papers' 299x299
+    ("resnet", (96, 256, 0.05)),
+    ("preact_resnet", (96, 256, 0.05)),
+    ("resnext", (96, 128, 0.05)),
+    ("densenet", (96, 256, 0.1)),
+)
+
+
+@dataclass
+class TrainConfig:
+    model: str = "lenet_bn"
+    dataset: str = "fashion-mnist"
+    model_options: dict = field(default_factory=dict)
+    out: str | None = None
+    data_dir: str | None = None
+    epochs: int = 10
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    l1: float = 0.0
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    clip_grad_norm: float = 0.0  # 0: off
+    aux_weight: float = 0.3
+    val_split: float = 0.0  # fraction of the training set held out; 0: none
+    early_stopping: int = 0  # patience in epochs; 0: off
+    early_stopping_metric: str = "val_loss"
+    resize: int | None = None
+    augment: str = "none"
+    class_weights: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    quiet: bool = False
+    init_from: str | None = None
+    freeze: str | None = None  # "features": train only the head
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every model-dependent default filled in, validated."""
+        size, batch, lr = family_defaults(self.model)
+        config = dataclasses.replace(
+            self,
+            resize=self.resize or size,
+            batch_size=self.batch_size or batch,
+            lr=self.lr if self.lr is not None else lr,
+        )
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise CnnlabError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "resize": self.resize}
+        for name, value in positive.items():
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise CnnlabError(f"{name} must be a positive integer, got {value!r}")
+        ranges = {
+            "lr": (self.lr, 0.0, math.inf),
+            "val_split": (self.val_split, 0.0, 0.9),
+            "label_smoothing": (self.label_smoothing, 0.0, 0.99),
+            "weight_decay": (self.weight_decay, 0.0, math.inf),
+            "l1": (self.l1, 0.0, math.inf),
+            "clip_grad_norm": (self.clip_grad_norm, 0.0, math.inf),
+            "aux_weight": (self.aux_weight, 0.0, math.inf),
+            "warmup_epochs": (self.warmup_epochs, 0.0, self.epochs),
+        }
+        for name, (value, low, high) in ranges.items():
+            if value is not None and not low <= value <= high:
+                raise CnnlabError(f"{name} must be in [{low}, {high}], got {value!r}")
+        if self.early_stopping and not self.val_split:
+            raise CnnlabError("early stopping watches the validation set: give --val-split too")
+        if self.freeze not in (None, "features"):
+            raise CnnlabError(f"freeze takes 'features', got {self.freeze!r}")
+        if self.freeze and not self.init_from:
+            raise CnnlabError("--freeze features needs trained weights: give --init-from RUN too")
+
+    def to_toml(self) -> str:
+        lines, table = [], []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "model_options":
+                table = [f"{key} = {_toml_value(v)}" for key, v in sorted(value.items())]
+            elif value is not None:
+                lines.append(f"{item.name} = {_toml_value(value)}")
+        if table:
+            lines += ["", "[model_options]", *table]
+        return "\n".join(lines) + "\n"
+
+
+def family_defaults(model: str) -> tuple[int, int, float]:
+    for prefix, defaults in FAMILY_DEFAULTS:
+        if model.startswith(prefix):
+            return defaults
+    return (224, 128, 0.05)
+
+
+def load_toml(path: str | Path) -> dict:
+    """The settings in a TOML config file, checked against TrainConfig's fields."""
+    try:
+        with open(path, "rb") as handle:
+            values = tomllib.load(handle)
+    except FileNotFoundError:
+        raise CnnlabError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise CnnlabError(f"config file {path} is not valid TOML: {error}") from None
+    known = {item.name for item in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise CnnlabError(
+            f"config file {path} has unknown setting(s) {', '.join(unknown)}; "
+            f"known settings: {', '.join(sorted(known))}"
+        )
+    return values
+
+
+def config_from(values: dict) -> TrainConfig:
+    try:
+        return TrainConfig(**values)
+    except TypeError as error:
+        raise CnnlabError(f"bad training settings: {error}") from None
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise CnnlabError(f"cannot write {value!r} to TOML")
