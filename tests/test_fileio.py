@@ -25,3 +25,13 @@ def test_failure_keeps_previous_and_leaves_no_temp(tmp_path):
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(CnnlabError, match=r"folder .*nowhere does not exist"):
         atomic_write_bytes(tmp_path / "nowhere" / "x.bin", b"")
+
+
+def test_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    target = tmp_path / "result.json"
+    atomic_write_bytes(target, b"{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask

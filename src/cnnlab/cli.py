@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except CnnlabError as error:
         print(f"cnnlab {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_code", 2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--json", action="store_true", help="print JSON instead of a table")
     zoo.set_defaults(run=run_zoo)
 
+    add_train_parser(commands)
+
     data = commands.add_parser("data", help="inspect datasets", description="Inspect datasets.")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
     info = data_commands.add_parser(
@@ -91,6 +93,66 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(run=run_data_info)
     return parser
+
+
+TRAIN_FLAGS = [  # (flag, type, help); each sets the TrainConfig field of the same name
+    ("--model", str, "zoo model (default lenet_bn)"),
+    ("--dataset", str, "dataset name or image folder (default fashion-mnist)"),
+    ("--out", str, "run folder (default runs/<model>-<dataset>-<timestamp>)"),
+    ("--epochs", int, "default 10"),
+    ("--batch-size", int, "default: d2l's for the model"),
+    ("--lr", float, "default: d2l's for the model"),
+    ("--optimizer", str, "sgd, momentum, nesterov, adam, adamw (default sgd)"),
+    ("--momentum", float, "for momentum and nesterov (default 0.9)"),
+    ("--weight-decay", float, "L2 penalty; decoupled for adamw (default 0)"),
+    ("--l1", float, "L1 penalty strength (default 0)"),
+    ("--schedule", str, "constant, step, cosine, onecycle (default constant)"),
+    ("--warmup-epochs", float, "linear learning-rate warmup (default 0)"),
+    ("--label-smoothing", float, "default 0"),
+    ("--clip-grad-norm", float, "clip the gradient norm to this (default 0: off)"),
+    ("--aux-weight", float, "weight of auxiliary-head losses (default 0.3)"),
+    ("--val-split", float, "fraction of the training set held out (default 0)"),
+    ("--early-stopping", int, "patience in epochs (needs --val-split; default 0: off)"),
+    ("--early-stopping-metric", str, "val_loss or val_acc (default val_loss)"),
+    ("--resize", int, "input size fed to the model (default: d2l's for the model)"),
+    ("--augment", str, "comma list: crop, crop-reflect, flip, erase, erase-random, jitter"),
+    ("--seed", int, "default 0"),
+    ("--device", str, "auto, cpu, cuda (default auto)"),
+    ("--precision", str, "fp32, bf16, fp16 (default fp32)"),
+    ("--init-from", str, "start from a trained run's weights (new classifier)"),
+    ("--freeze", str, "'features': train only the head (with --init-from)"),
+]
+TRAIN_SWITCHES = [
+    ("--class-weights", "weight the loss by inverse class frequency"),
+    ("--deterministic", "deterministic algorithms (bit-exact reruns on CPU)"),
+    ("--compile", "torch.compile the model"),
+    ("--quiet", "no progress bar: one line per epoch"),
+]
+
+
+def add_train_parser(commands) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train a zoo model on a dataset",
+        description="Train a zoo model. Flags override --config FILE.toml; unset values take "
+        "d2l's settings for the model. Everything goes to a run folder.",
+        argument_default=argparse.SUPPRESS,
+    )
+    for flag, kind, help_text in TRAIN_FLAGS:
+        train.add_argument(flag, type=kind, help=help_text)
+    for flag, help_text in TRAIN_SWITCHES:
+        train.add_argument(flag, action="store_true", help=help_text)
+    train.add_argument("--data-dir", help="where datasets live (default $CNNLAB_DATA)")
+    train.add_argument(
+        "--set",
+        action="append",
+        metavar="OPTION=VALUE",
+        dest="options",
+        help="a model build option, e.g. --set width_multiplier=0.25 (repeatable)",
+    )
+    train.add_argument("--config", metavar="FILE.toml", help="settings file; flags override it")
+    train.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
+    train.set_defaults(run=run_train)
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -178,4 +240,26 @@ def run_data_info(args: argparse.Namespace) -> int:
         save_grid(data, args.grid, per_class=args.per_class)
         if not args.json:
             print(f"grid of samples written to {args.grid}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from cnnlab.train.config import config_from, load_toml
+    from cnnlab.train.trainer import Trainer
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
+    if "resume" in given:
+        extra = sorted(set(given) - {"resume"})
+        if extra:
+            raise CnnlabError(
+                f"--resume continues a run with its own settings; drop {', '.join(extra)}"
+            )
+        Trainer.resume(given["resume"]).fit()
+        return 0
+    values = load_toml(given.pop("config")) if "config" in given else {}
+    options = parse_options(given.pop("options", []))
+    values.update(given)
+    if options:
+        values["model_options"] = {**values.get("model_options", {}), **options}
+    Trainer(config_from(values)).fit()
     return 0

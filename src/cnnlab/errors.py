@@ -30,3 +30,7 @@ class MissingDataError(DataError):
 
 class DownloadError(DataError):
     """A download that failed or delivered the wrong bytes; nothing is left behind."""
+
+
+class CheckpointError(CnnlabError):
+    """A checkpoint or weights file that cannot be written or read back (names the file)."""

@@ -16,6 +16,16 @@ from pathlib import Path
 from cnnlab.errors import CnnlabError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; results get the usual permissions.
+FILE_MODE = 0o666 & ~_current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `path`; when the block succeeds it becomes `path`."""
@@ -31,6 +41,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield temp
         with open(temp, "rb+") as written:
             os.fsync(written.fileno())
+        os.chmod(temp, FILE_MODE)
         os.replace(temp, target)
         _fsync_dir(target.parent)
     except OSError as error:

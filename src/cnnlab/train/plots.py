@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -28,7 +29,9 @@ from cnnlab.fileio import atomic_path
 _DPI = 110
 _ANNOTATE_MAX_CLASSES = 20  # beyond this, numbers in the cells are too small to read
 _NAMES_MAX_CLASSES = 60  # beyond this, class names on the axes overlap into a black bar
+_MARKERS_MAX_EPOCHS = 30
 _TRAIN_COLOUR, _VAL_COLOUR = "tab:blue", "tab:orange"
+_HEAT_COLOURS = colormaps["Blues"].with_extremes(bad="0.85")  # "bad" (NaN) cells in light grey
 
 
 def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -> None:
@@ -38,12 +41,18 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -
     epochs = [int(entry["epoch"]) for entry in history]
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     loss_axes, acc_axes = figure.subplots(1, 2)
-    for axes, metric, label in ((loss_axes, "loss", "loss"), (acc_axes, "acc", "accuracy")):
-        _plot_series(axes, epochs, history, f"train_{metric}", f"train {label}", _TRAIN_COLOUR)
-        _plot_series(axes, epochs, history, f"val_{metric}", f"val {label}", _VAL_COLOUR)
-        _style_epoch_axes(axes, label)
+    # Loss falls and accuracy rises, so each legend goes in the corner its curves leave empty.
+    panels = (
+        (loss_axes, "loss", "loss", "upper right"),
+        (acc_axes, "acc", "accuracy", "lower right"),
+    )
+    for axes, metric, label, corner in panels:
+        _plot_series(axes, history, f"train_{metric}", f"train {label}", _TRAIN_COLOUR)
+        _plot_series(axes, history, f"val_{metric}", f"val {label}", _VAL_COLOUR)
+        _style_epoch_axes(axes, label, epochs)
+        axes.legend(loc=corner)
     loss_axes.set_ylim(bottom=0)
-    acc_axes.set_ylim(0, 1)
+    acc_axes.set_ylim(0, 1.02)  # a little headroom so points at 100% are not cut in half
     if title:
         figure.suptitle(title)
     _save(figure, path)
@@ -67,8 +76,7 @@ def plot_confusion(
     size = min(max(4.0 + 0.45 * len(classes), 5.5), 16.0)
     figure = Figure(figsize=(size + 1.2, size), layout="constrained")
     axes = figure.subplots()
-    colours = _heat_colours()
-    image = axes.imshow(np.ma.masked_invalid(values), cmap=colours, vmin=0, vmax=vmax)
+    image = axes.imshow(np.ma.masked_invalid(values), cmap=_HEAT_COLOURS, vmin=0, vmax=vmax)
     colorbar = figure.colorbar(image, ax=axes, shrink=0.8)
     colorbar.set_label("% of true class" if normalize else "samples")
     if len(classes) <= _ANNOTATE_MAX_CLASSES:
@@ -83,7 +91,7 @@ def plot_confusion(
 def plot_lr_find(
     lrs: list[float], losses: list[float], suggested: float | None, path: str | os.PathLike
 ) -> None:
-    """Write the range test's loss against learning rate (log scale) to `path`, marking `suggested`."""
+    """Write the range test's loss against learning rate to `path`, marking `suggested`."""
     rates, values = _check_lr_find(lrs, losses, suggested, path)
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
@@ -91,8 +99,9 @@ def plot_lr_find(
     if suggested is not None:
         # The loss at the suggestion, read off the curve in log-rate space where it was sampled.
         at = float(np.interp(math.log(suggested), np.log(rates), values))
-        axes.axvline(suggested, color="tab:red", linestyle="--", linewidth=1)
-        axes.plot([suggested], [at], "o", color="tab:red", label=f"suggested lr = {suggested:.2g}")
+        axes.axvline(suggested, color="tab:red", linestyle="--", linewidth=1.5)
+        label = f"suggested lr = {suggested:.2g}"
+        axes.plot([suggested], [at], "o", markersize=8, color="tab:red", label=label)
     axes.set_xscale("log")
     axes.set_ylim(*_lr_find_loss_range(values))
     axes.set_xlabel("learning rate (log scale)")
@@ -103,24 +112,29 @@ def plot_lr_find(
     _save(figure, path)
 
 
-def _plot_series(axes, epochs, history, key, label, colour) -> None:
+def _plot_series(axes, history, key, label, colour) -> None:
     """Plot one metric over the epochs that have it; a metric no epoch has is left out."""
-    points = [(e, entry.get(key)) for e, entry in zip(epochs, history) if entry.get(key) is not None]
-    if not points:
+    present = [entry for entry in history if entry.get(key) is not None]
+    if not present:
         return
-    xs = [e for e, _ in points]
+    xs = [int(entry["epoch"]) for entry in present]
     # A diverged epoch (inf or nan) becomes a gap instead of flattening the scale.
-    ys = [float(v) if math.isfinite(float(v)) else math.nan for _, v in points]
-    # Markers keep a single epoch visible; a line alone would be a zero-length segment.
-    axes.plot(xs, ys, marker="o", markersize=4, color=colour, label=label)
+    ys = [float(entry[key]) if math.isfinite(float(entry[key])) else math.nan for entry in present]
+    # Markers keep a single epoch visible (a line alone would be a zero-length segment);
+    # over many epochs they would only blur the line.
+    marker = "o" if len(history) <= _MARKERS_MAX_EPOCHS else None
+    axes.plot(xs, ys, marker=marker, markersize=4, color=colour, label=label)
 
 
-def _style_epoch_axes(axes, quantity: str) -> None:
+def _style_epoch_axes(axes, quantity: str, epochs: list[int]) -> None:
+    # At least half an epoch each side, so one or two epochs still get whole-number ticks
+    # (the locator also needs min_n_ticks=1, or with one epoch it falls back to 0.9, 1.1, ...).
+    pad = max(0.5, 0.03 * (max(epochs) - min(epochs)))
+    axes.set_xlim(min(epochs) - pad, max(epochs) + pad)
     axes.set_xlabel("epoch")
     axes.set_ylabel(quantity)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axes.grid(True, alpha=0.3)
-    axes.legend()
 
 
 def _as_square_matrix(confusion, classes: list[str], path) -> np.ndarray:
@@ -138,15 +152,9 @@ def _as_square_matrix(confusion, classes: list[str], path) -> np.ndarray:
 
 def _row_percentages(counts: np.ndarray) -> np.ndarray:
     totals = counts.sum(axis=1, keepdims=True)
-    # A true class with no samples has no rate to show: NaN, drawn grey and left blank.
+    # A true class with no samples has no rate to show: NaN, drawn as a grey row of dashes.
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(totals > 0, 100.0 * counts / totals, np.nan)
-
-
-def _heat_colours():
-    from matplotlib import colormaps  # the registry, not pyplot
-
-    return colormaps["Blues"].with_extremes(bad="0.85")
 
 
 def _annotate_cells(axes, values: np.ndarray, vmax: float, percentages: bool) -> None:
@@ -155,13 +163,19 @@ def _annotate_cells(axes, values: np.ndarray, vmax: float, percentages: bool) ->
     for row in range(count):
         for col in range(count):
             value = values[row, col]
-            if math.isnan(value):
-                text, colour = "–", "0.4"
-            else:
-                text = f"{value:.0f}" if percentages else f"{int(value)}"
-                # Dark cells get white text so the number stays readable on either end.
-                colour = "white" if value > 0.55 * vmax else "black"
+            # Dark cells get white text so the number stays readable on either end.
+            colour = "white" if value > 0.55 * vmax else "black"
+            text = _cell_text(value, percentages)
             axes.text(col, row, text, ha="center", va="center", color=colour, fontsize=font_size)
+
+
+def _cell_text(value: float, percentages: bool) -> str:
+    if math.isnan(value):
+        return "–"  # a true class with no samples
+    if not percentages:
+        return str(int(value))
+    # A few stray predictions must not read as none at all.
+    return "<1" if 0 < value < 0.5 else f"{value:.0f}"
 
 
 def _label_classes(axes, classes: list[str]) -> None:
@@ -194,7 +208,8 @@ def _lr_find_loss_range(values: np.ndarray) -> tuple[float, float]:
     if finite.size == 0:
         return 0.0, 1.0
     low, first = float(finite.min()), float(finite[0])
-    high = min(float(finite.max()), first + 2 * (first - low)) if first > low else first
+    highest = float(finite.max())
+    high = min(highest, first + 2 * (first - low)) if first > low else highest
     margin = 0.05 * (high - low) or 0.05 * abs(low) or 0.05
     return low - margin, high + margin
 

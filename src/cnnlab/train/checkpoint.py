@@ -1,0 +1,401 @@
+"""Checkpoints and final weights as safetensors files: nothing is pickled, nothing unpickled.
+
+A checkpoint is one file that lets a run continue exactly where it stopped:
+
+- tensors: the model's state_dict under ``model.<key>``, the optimizer's per-parameter state
+  tensors under ``optimizer.state.<param index>.<name>`` (Adam's ``step`` included), torch's
+  global RNG state under ``rng.torch`` and the caller's extra generator states under
+  ``rng.<name>``;
+- the string metadata entry ``cnnlab.checkpoint``: a JSON document with the format version,
+  the optimizer's param_groups and non-tensor per-parameter values, the scheduler's
+  state_dict and the caller's ``state`` (epoch, step, best metric, history, config...).
+
+Final weights (``model.safetensors``) hold the bare state_dict, with the caller's description
+of the model (name, build options, classes, input size...) JSON-encoded under the metadata
+entry ``cnnlab``, which is what `load_model` rebuilds the network from.
+
+Both kinds are written atomically and refused while a weight is NaN or infinite, so a diverged
+run never replaces a good file. Reading checks the header length against the file size before
+safetensors sees the file, so an empty, truncated, foreign or hostile file ends in one
+`CheckpointError` naming the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from cnnlab.errors import CheckpointError, CnnlabError
+from cnnlab.fileio import atomic_path
+from cnnlab.models import create_model
+
+FORMAT_VERSION = 1
+CHECKPOINT_KEY = "cnnlab.checkpoint"
+WEIGHTS_KEY = "cnnlab"
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit: a larger claim is corrupt or hostile
+MODEL_PREFIX = "model."
+OPTIMIZER_PREFIX = "optimizer.state."
+RNG_PREFIX = "rng."
+TORCH_RNG = "rng.torch"
+REQUIRED_MODEL_KEYS = ("model", "num_classes", "in_channels")
+_ZIP_MAGIC = b"PK\x03\x04"  # what torch.save writes: a zip archive around a pickle
+_PICKLE_MAGIC = b"\x80"  # a bare pickle (protocol 2 and later)
+_PARTS = {"optimizer": "the optimizer state", "scheduler": "the scheduler state", "state": "state"}
+
+
+@dataclass
+class Checkpoint:
+    """What `load_checkpoint` returns besides restoring the objects passed to it."""
+
+    state: dict
+    generators: dict[str, torch.Tensor]
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    state: dict | None = None,
+    generators: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write everything needed to resume training to one safetensors file, atomically."""
+    path = Path(path)
+    tensors = _weight_tensors(model, path, prefix=MODEL_PREFIX)
+    document = {"format": FORMAT_VERSION, "optimizer": None, "scheduler": None}
+    if optimizer is not None:
+        optimizer_tensors, document["optimizer"] = _split_optimizer(optimizer)
+        tensors.update(optimizer_tensors)
+    if scheduler is not None:
+        document["scheduler"] = {
+            "type": type(scheduler).__name__,
+            "state": scheduler.state_dict(),
+        }
+    document["state"] = {} if state is None else state
+    tensors[TORCH_RNG] = torch.get_rng_state()
+    tensors.update(_generator_tensors(generators or {}, path))
+    for part, label in _PARTS.items():  # encoded one by one to name the part that fails
+        _encode(document[part], label, path)
+    _write(path, tensors, {CHECKPOINT_KEY: json.dumps(document)})
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+) -> Checkpoint:
+    """Restore the model, optimizer, scheduler and torch's global RNG from a checkpoint."""
+    path = Path(path)
+    tensors, metadata = _read(path)
+    document = _checkpoint_document(path, metadata)
+    if TORCH_RNG not in tensors:
+        raise CheckpointError(f"{path} is incomplete: it has no {TORCH_RNG!r} tensor")
+    weights = {
+        key[len(MODEL_PREFIX) :]: value
+        for key, value in tensors.items()
+        if key.startswith(MODEL_PREFIX)
+    }
+    _load_weights_into(model, weights, path)
+    if optimizer is not None:
+        _restore_optimizer(optimizer, document["optimizer"], tensors, path)
+    if scheduler is not None:
+        _restore_scheduler(scheduler, document["scheduler"], path)
+    try:
+        torch.set_rng_state(tensors[TORCH_RNG])
+    except (RuntimeError, TypeError) as error:
+        raise CheckpointError(f"{path}: the saved RNG state is unusable ({error})") from None
+    generators = {
+        key[len(RNG_PREFIX) :]: value
+        for key, value in tensors.items()
+        if key.startswith(RNG_PREFIX) and key != TORCH_RNG
+    }
+    return Checkpoint(state=document["state"], generators=generators)
+
+
+def save_weights(path: str | os.PathLike, model: nn.Module, metadata: dict) -> None:
+    """Write the final weights with `metadata` (JSON) under the metadata entry "cnnlab"."""
+    path = Path(path)
+    tensors = _weight_tensors(model, path)
+    _write(path, tensors, {WEIGHTS_KEY: _encode(metadata, "the metadata", path)})
+
+
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """The state_dict of a weights file and its decoded "cnnlab" metadata ({} when absent)."""
+    path = Path(path)
+    tensors, metadata = _read(path)
+    if CHECKPOINT_KEY in metadata:
+        raise CheckpointError(
+            f"{path} is a training checkpoint, not a weights file; "
+            "use the run's model.safetensors or load_checkpoint"
+        )
+    if WEIGHTS_KEY not in metadata:
+        return tensors, {}
+    description = _decode(metadata[WEIGHTS_KEY], WEIGHTS_KEY, path)
+    if not isinstance(description, dict):
+        raise CheckpointError(
+            f"{path}: metadata {WEIGHTS_KEY!r} should be a JSON object, "
+            f"found {type(description).__name__}"
+        )
+    return tensors, description
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Rebuild the model a weights file describes, load its weights, return it in eval mode."""
+    path = Path(path)
+    weights, metadata = read_weights(path)
+    missing = [key for key in REQUIRED_MODEL_KEYS if key not in metadata]
+    if missing:
+        raise CheckpointError(
+            f"{path} does not say how to build its model: its {WEIGHTS_KEY!r} metadata has no "
+            f"{', '.join(repr(key) for key in missing)}"
+        )
+    options = metadata.get("options", {})
+    if not isinstance(options, dict):
+        raise CheckpointError(f"{path}: metadata 'options' should be an object, found {options!r}")
+    try:
+        model = create_model(
+            metadata["model"],
+            num_classes=metadata["num_classes"],
+            in_channels=metadata["in_channels"],
+            **options,
+        )
+    except CnnlabError as error:
+        raise CheckpointError(f"{path} describes a model cnnlab cannot build: {error}") from None
+    _load_weights_into(model, weights, path)
+    return model.eval(), metadata
+
+
+# Writing
+
+
+def _weight_tensors(model: nn.Module, path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The state_dict as standalone CPU tensors; refuses NaN or infinite weights."""
+    tensors = {}
+    for key, value in model.state_dict().items():
+        if (value.is_floating_point() or value.is_complex()) and not torch.isfinite(value).all():
+            raise CheckpointError(
+                f"refusing to write {path}: {key} holds NaN or infinite values "
+                "(the previous file, if any, is kept)"
+            )
+        tensors[prefix + key] = _standalone(value)
+    return tensors
+
+
+def _standalone(tensor: torch.Tensor) -> torch.Tensor:
+    # safetensors refuses tensors that share memory (tied weights) or are not contiguous, so
+    # every key gets its own contiguous copy
+    return tensor.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+
+
+def _split_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Per-parameter tensors for the file's tensors, everything else for the JSON document."""
+    saved = optimizer.state_dict()
+    tensors, values = {}, {}
+    for index, entry in saved["state"].items():
+        values[str(index)] = {}
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{OPTIMIZER_PREFIX}{index}.{name}"] = _standalone(value)
+            else:
+                values[str(index)][name] = value
+    document = {
+        "type": type(optimizer).__name__,
+        "param_groups": saved["param_groups"],
+        "state": values,
+    }
+    return tensors, document
+
+
+def _generator_tensors(generators: dict[str, torch.Tensor], path: Path) -> dict:
+    tensors = {}
+    for name, value in generators.items():
+        if not name or RNG_PREFIX + name == TORCH_RNG:
+            raise CheckpointError(
+                f"cannot write {path}: generator name {name!r} is empty or reserved for "
+                "torch's global RNG"
+            )
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8:
+            raise CheckpointError(
+                f"cannot write {path}: generator {name!r} should be a uint8 state tensor "
+                "(Generator.get_state()), found "
+                f"{getattr(value, 'dtype', type(value).__name__)}"
+            )
+        tensors[RNG_PREFIX + name] = _standalone(value)
+    return tensors
+
+
+def _encode(value: Any, what: str, path: Path) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"cannot write {path}: {what} is not JSON-serialisable ({error})"
+        ) from None
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    with atomic_path(path) as temp:
+        try:
+            save_file(tensors, temp, metadata=metadata)
+        except SafetensorError as error:
+            raise CheckpointError(f"could not write {path}: {error}") from None
+
+
+# Reading
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors (on the CPU) and the string metadata of a safetensors file."""
+    _check_header(path)
+    try:
+        with safe_open(path, framework="pt") as file:
+            metadata = file.metadata() or {}
+            tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {error}") from None
+    return tensors, metadata
+
+
+def _check_header(path: Path) -> None:
+    """Refuse what safetensors should never be handed: a missing or short file, or a header
+    length that the file cannot hold (truncation, another format, a hostile file)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as file:
+            head = file.read(8)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
+    if size == 0:
+        raise CheckpointError(f"{path} is empty, not a safetensors file")
+    if size < 8:
+        raise CheckpointError(
+            f"{path} is not a safetensors file: {size} bytes, fewer than its 8-byte header length"
+        )
+    (length,) = struct.unpack("<Q", head)
+    if length <= min(size - 8, MAX_HEADER_BYTES):
+        return
+    if head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        raise CheckpointError(
+            f"{path} is a torch.save/pickle file, not safetensors; cnnlab never unpickles a file "
+            "because unpickling can run arbitrary code"
+        )
+    raise CheckpointError(
+        f"{path} is not a valid safetensors file: its header claims {length} bytes but the file "
+        f"holds {size} bytes (limit {MAX_HEADER_BYTES}); it is truncated or another format"
+    )
+
+
+def _decode(text: str, key: str, path: Path) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON ({error})") from None
+
+
+def _checkpoint_document(path: Path, metadata: dict[str, str]) -> dict:
+    if CHECKPOINT_KEY not in metadata:
+        hint = "; it holds final weights (see load_model)" if WEIGHTS_KEY in metadata else ""
+        raise CheckpointError(
+            f"{path} is not a cnnlab checkpoint: its metadata has no {CHECKPOINT_KEY!r} entry{hint}"
+        )
+    document = _decode(metadata[CHECKPOINT_KEY], CHECKPOINT_KEY, path)
+    version = document.get("format") if isinstance(document, dict) else None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version!r}; this cnnlab reads format {FORMAT_VERSION}"
+        )
+    missing = [key for key in ("optimizer", "scheduler", "state") if key not in document]
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: its metadata has no {', '.join(missing)}")
+    return document
+
+
+def _load_weights_into(model: nn.Module, found: dict[str, torch.Tensor], path: Path) -> None:
+    """Strict load that lists every missing, unexpected and misshapen key in one error."""
+    expected = model.state_dict()
+    mismatched = [
+        f"{key} is {tuple(found[key].shape)} in the file but {tuple(value.shape)} in the model"
+        for key, value in expected.items()
+        if key in found and found[key].shape != value.shape
+    ]
+    problems = [
+        f"{label}: {_listing(keys)}"
+        for label, keys in (
+            ("missing keys", [key for key in expected if key not in found]),
+            ("unexpected keys", sorted(key for key in found if key not in expected)),
+            ("shape mismatches", mismatched),
+        )
+        if keys
+    ]
+    if problems:
+        name = getattr(model, "name", type(model).__name__)
+        raise CheckpointError(
+            f"the weights in {path} do not fit the model {name}: {'; '.join(problems)}"
+        )
+    model.load_state_dict(found)
+
+
+def _listing(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
+
+
+def _restore_optimizer(
+    optimizer: torch.optim.Optimizer, saved: dict | None, tensors: dict, path: Path
+) -> None:
+    kind = type(optimizer).__name__
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} holds no optimizer state to restore into {kind}")
+    if saved.get("type") != kind:
+        raise CheckpointError(
+            f"{path} holds the state of a {saved.get('type')} optimizer, not of {kind}"
+        )
+    try:
+        state = {int(index): dict(values) for index, values in saved["state"].items()}
+        for key, tensor in tensors.items():
+            if key.startswith(OPTIMIZER_PREFIX):
+                index, name = key[len(OPTIMIZER_PREFIX) :].split(".", 1)
+                state.setdefault(int(index), {})[name] = tensor
+        groups = saved["param_groups"]
+        # strict=False: load_state_dict below names a different number of groups
+        for group, live in zip(groups, optimizer.param_groups, strict=False):
+            _restore_tuples(group, live)
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        raise CheckpointError(
+            f"the optimizer state in {path} does not fit this {kind}: {error}"
+        ) from None
+
+
+def _restore_tuples(saved_group: dict, live_group: dict) -> None:
+    # JSON has no tuples: give back the live optimizer's tuples (Adam's betas) so that the
+    # restored state_dict equals the one that was saved
+    for key, value in saved_group.items():
+        if isinstance(live_group.get(key), tuple) and isinstance(value, list):
+            saved_group[key] = tuple(value)
+
+
+def _restore_scheduler(scheduler: Any, saved: dict | None, path: Path) -> None:
+    kind = type(scheduler).__name__
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} holds no scheduler state to restore into {kind}")
+    if saved.get("type") != kind:
+        raise CheckpointError(f"{path} holds the state of a {saved.get('type')}, not of {kind}")
+    try:
+        scheduler.load_state_dict(saved["state"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(
+            f"the scheduler state in {path} does not fit this {kind}: {error}"
+        ) from None

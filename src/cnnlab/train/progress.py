@@ -1,0 +1,49 @@
+"""A one-line progress bar per epoch, redrawn at most a few times a second.
+
+Each redraw reads the running metrics from the device (one host sync), so the bar decides when
+a redraw is due from the clock alone; between redraws the training loop never waits on the
+device.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class EpochBar:
+    def __init__(
+        self,
+        epoch: int,
+        epochs: int,
+        total: int,
+        stream: TextIO | None = None,
+        interval: float = 0.5,
+        enabled: bool = True,
+    ):
+        self.label = f"epoch {epoch}/{epochs}"
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        self.enabled = enabled
+        self.last_draw = float("-inf")
+
+    def due(self) -> bool:
+        return self.enabled and time.monotonic() - self.last_draw >= self.interval
+
+    def draw(self, done: int, loss: float, acc: float, lr: float, images_per_s: float) -> None:
+        self.last_draw = time.monotonic()
+        width = 24
+        filled = width * done // max(self.total, 1)
+        bar = "=" * filled + (">" if filled < width else "") + " " * (width - filled - 1)
+        self.stream.write(
+            f"\r{self.label} [{bar}] {done}/{self.total} loss {loss:.4f} acc {acc:.4f} "
+            f"lr {lr:.3g} {images_per_s:,.0f} img/s"
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.last_draw > float("-inf"):
+            self.stream.write("\r\033[K")
+            self.stream.flush()

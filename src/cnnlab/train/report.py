@@ -1,0 +1,64 @@
+"""What a finished run leaves behind: final weights, the final evaluation, pictures, a summary."""
+
+from __future__ import annotations
+
+from cnnlab import __version__
+from cnnlab.train.checkpoint import save_weights
+from cnnlab.train.plots import plot_confusion, plot_curves
+
+
+def weights_metadata(trainer) -> dict:
+    """Everything needed to rebuild the model and feed it images the way it was trained."""
+    config, data = trainer.config, trainer.data
+    return {
+        "model": config.model,
+        "options": config.model_options,
+        "num_classes": trainer.num_classes,
+        "in_channels": data.train.image_size[0],
+        "classes": data.classes,
+        "dataset": config.dataset,
+        "image_size": list(data.train.image_size),
+        "input_size": config.resize,
+        "mean": data.mean,
+        "std": data.std,
+        "cnnlab_version": __version__,
+    }
+
+
+def write_final_report(trainer, final_set, evaluation) -> None:
+    run, config, classes = trainer.run, trainer.config, trainer.data.classes
+    save_weights(run.weights, trainer.model, weights_metadata(trainer))
+    if trainer.history:
+        plot_curves(
+            trainer.history, run.path / "curves.png", title=f"{config.model} on {config.dataset}"
+        )
+    lines = [
+        f"cnnlab {__version__}: {config.model} on {config.dataset}",
+        f"epochs run: {len(trainer.history)} of {config.epochs}; optimizer {config.optimizer}, "
+        f"lr {config.lr}, batch {config.batch_size}, input {config.resize}x{config.resize}, "
+        f"schedule {config.schedule}, augment {config.augment}",
+        f"parameters: {sum(p.numel() for p in trainer.model.parameters()):,} "
+        f"(trainable {sum(p.numel() for p in trainer.model.parameters() if p.requires_grad):,})",
+        f"training time: {sum(r['seconds'] for r in trainer.history):.1f} s",
+    ]
+    if evaluation is not None:
+        split = final_set.name
+        run.write_json("evaluation.json", {"split": split, **evaluation.to_dict(classes)})
+        plot_confusion(evaluation.confusion, classes, run.path / "confusion.png", title=split)
+        lines += [
+            f"final evaluation on {split}: loss {evaluation.loss:.4f}, "
+            f"accuracy {evaluation.acc:.4f} ({evaluation.count:,} images)",
+            "per-class accuracy:",
+        ]
+        width = max(len(name) for name in classes)
+        lines += [
+            f"  {name.ljust(width)}  {acc:.4f}"
+            for name, acc in zip(classes, evaluation.per_class.tolist(), strict=True)
+        ]
+    run.write_text("summary.txt", "\n".join(lines) + "\n")
+    for line in lines[4:]:
+        trainer.echo(line)
+    if evaluation is not None:
+        trainer.echo(f"test accuracy {evaluation.acc:.4f}; run folder: {run.path}")
+    else:
+        trainer.echo(f"no test or validation split to evaluate; run folder: {run.path}")

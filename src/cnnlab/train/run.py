@@ -1,0 +1,82 @@
+"""The run folder: everything a training run produces, each file written atomically.
+
+config.toml          the fully resolved configuration (enough to rerun)
+metrics.jsonl        one line per epoch
+checkpoints/last.safetensors, checkpoints/best.safetensors
+model.safetensors    final weights, with the model name and build options in the metadata
+curves.png           loss and accuracy against epoch, train and validation
+confusion.png        confusion matrix of the final evaluation
+evaluation.json      final loss, accuracy, per-class accuracy and confusion matrix
+summary.txt          what was trained, how, and how well
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from cnnlab.errors import CnnlabError
+from cnnlab.fileio import atomic_write_bytes
+from cnnlab.train.config import TrainConfig
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @staticmethod
+    def create(config: TrainConfig) -> RunFolder:
+        """A new run folder: `config.out`, else runs/<model>-<dataset>-<timestamp>."""
+        if config.out:
+            path = Path(config.out)
+        else:
+            dataset = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(config.dataset).name)
+            path = Path("runs") / f"{config.model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if path.exists() and any(path.iterdir()):
+            raise CnnlabError(
+                f"run folder {path} already exists and is not empty: choose another --out, or "
+                f"continue it with --resume {path}"
+            )
+        try:
+            (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CnnlabError(f"cannot create run folder {path}: {error.strerror}") from None
+        return RunFolder(path)
+
+    @staticmethod
+    def existing(path: str | Path) -> RunFolder:
+        folder = RunFolder(path)
+        if not folder.config_file.is_file():
+            raise CnnlabError(f"{path} is not a cnnlab run folder: it has no config.toml")
+        return folder
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "checkpoints" / "last.safetensors"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "checkpoints" / "best.safetensors"
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "model.safetensors"
+
+    def write_config(self, config: TrainConfig) -> None:
+        atomic_write_bytes(self.config_file, config.to_toml().encode())
+
+    def write_metrics(self, history: list[dict]) -> None:
+        lines = "".join(json.dumps(record) + "\n" for record in history)
+        atomic_write_bytes(self.path / "metrics.jsonl", lines.encode())
+
+    def write_json(self, name: str, data: dict) -> None:
+        atomic_write_bytes(self.path / name, (json.dumps(data, indent=2) + "\n").encode())
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write_bytes(self.path / name, text.encode())
