@@ -35,7 +35,7 @@ from cnnlab.train.metrics import RunningMetrics
 from cnnlab.train.optim import build_optimizer, build_schedule, l1_penalty
 from cnnlab.train.progress import EpochBar
 from cnnlab.train.run import RunFolder
-from cnnlab.train.setup import build_model, load_run_data, pipelines
+from cnnlab.train.setup import RunData, build_model, load_run_data, pipelines
 
 
 class Interrupted(CnnlabError):
@@ -47,10 +47,18 @@ class Interrupted(CnnlabError):
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, run: RunFolder | None = None, echo=print):
+    def __init__(
+        self,
+        config: TrainConfig,
+        run: RunFolder | None = None,
+        echo=print,
+        data: RunData | None = None,
+    ):
+        """`data` replaces loading the configured dataset (cross-validation folds use it)."""
         self.config = config.resolved()
         self.echo = echo
         self.run = run
+        self.data = data
         self.resuming = run is not None
         self.history: list[dict] = []
         self.stop_signal: int | None = None
@@ -64,13 +72,16 @@ class Trainer:
 
     # ---- setting up -------------------------------------------------------------------------
 
-    def setup(self) -> None:
+    def setup(self, create_run: bool = True) -> None:
+        """Data, model, loaders, optimiser, schedule and loss; and the run folder, unless
+        `create_run` is False (the learning-rate finder trains without one)."""
         config = self.config
         torch.manual_seed(config.seed)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
         self.device = _device(config.device)
-        self.data = load_run_data(config, progress=not config.quiet)
+        if self.data is None:
+            self.data = load_run_data(config, progress=not config.quiet)
         in_channels = self.data.train.image_size[0]
         self.num_classes = len(self.data.classes)
         self.model = build_model(config, self.num_classes, in_channels).to(self.device)
@@ -99,7 +110,7 @@ class Trainer:
             weights = class_weights(self.data.train.labels, self.num_classes).to(self.device)
         self.criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
-        if self.run is None:
+        if self.run is None and create_run:
             self.run = RunFolder.create(config)
             self.run.write_config(config)
 
