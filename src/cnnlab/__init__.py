@@ -1,8 +1,18 @@
 """cnnlab: train, dissect and understand the classic convolutional networks."""
 
+__version__ = "0.1.0"  # before the imports: submodules read it
+
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model, list_models, register_model
+from cnnlab.train import TrainConfig, Trainer, train
 
-__version__ = "0.1.0"
-
-__all__ = ["CnnlabError", "__version__", "create_model", "list_models", "register_model"]
+__all__ = [
+    "CnnlabError",
+    "TrainConfig",
+    "Trainer",
+    "__version__",
+    "create_model",
+    "list_models",
+    "register_model",
+    "train",
+]

@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except CnnlabError as error:
-        print(f"cnnlab {args.command}: error: {error}", file=sys.stderr)
+        # An interrupted run carries its exit code (130, 143): a stop, not an error.
+        label = "" if hasattr(error, "exit_code") else "error: "
+        print(f"cnnlab {args.command}: {label}{error}", file=sys.stderr)
         return getattr(error, "exit_code", 2)
 
 
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.set_defaults(run=run_zoo)
 
     add_train_parser(commands)
+    add_after_training_parsers(commands)
 
     data = commands.add_parser("data", help="inspect datasets", description="Inspect datasets.")
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
@@ -114,6 +117,7 @@ TRAIN_FLAGS = [  # (flag, type, help); each sets the TrainConfig field of the sa
     ("--val-split", float, "fraction of the training set held out (default 0)"),
     ("--early-stopping", int, "patience in epochs (needs --val-split; default 0: off)"),
     ("--early-stopping-metric", str, "val_loss or val_acc (default val_loss)"),
+    ("--precise-bn", int, "batches that recompute BatchNorm statistics before evaluating (50)"),
     ("--resize", int, "input size fed to the model (default: d2l's for the model)"),
     ("--augment", str, "comma list: crop, crop-reflect, flip, erase, erase-random, jitter"),
     ("--seed", int, "default 0"),
@@ -122,6 +126,7 @@ TRAIN_FLAGS = [  # (flag, type, help); each sets the TrainConfig field of the sa
     ("--init-from", str, "start from a trained run's weights (new classifier)"),
     ("--freeze", str, "'features': train only the head (with --init-from)"),
 ]
+TRAIN_FLAG_TYPES = [(flag, kind) for flag, kind, _ in TRAIN_FLAGS]
 TRAIN_SWITCHES = [
     ("--class-weights", "weight the loss by inverse class frequency"),
     ("--deterministic", "deterministic algorithms (bit-exact reruns on CPU)"),
@@ -153,6 +158,82 @@ def add_train_parser(commands) -> None:
     train.add_argument("--config", metavar="FILE.toml", help="settings file; flags override it")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
     train.set_defaults(run=run_train)
+
+
+def add_after_training_parsers(commands) -> None:
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a trained model: loss, accuracy, per class, confusion matrix"
+    )
+    evaluate.add_argument("run", metavar="RUN_OR_WEIGHTS", help="run folder or .safetensors")
+    evaluate.add_argument("--dataset", help="default: the dataset the model was trained on")
+    evaluate.add_argument("--split", default="test", help="default test")
+    evaluate.add_argument("--data-dir", help="where datasets live (default $CNNLAB_DATA)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of text")
+    evaluate.set_defaults(run=run_eval)
+
+    predict = commands.add_parser("predict", help="top-k classes for your own image files")
+    predict.add_argument("run", metavar="RUN_OR_WEIGHTS", help="run folder or .safetensors")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
+    predict.add_argument("--top-k", type=positive_int, default=5, metavar="K")
+    predict.add_argument(
+        "--invert",
+        action="store_true",
+        help="invert pixel values (dark objects on white, for models trained on MNIST-style data)",
+    )
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    predict.set_defaults(run=run_predict)
+
+    lr_find = commands.add_parser(
+        "lr-find",
+        help="learning-rate range test: a plot and a suggested rate",
+        argument_default=argparse.SUPPRESS,
+    )
+    for flag in (
+        "--model",
+        "--dataset",
+        "--batch-size",
+        "--optimizer",
+        "--resize",
+        "--augment",
+        "--seed",
+        "--device",
+    ):
+        kind = dict(TRAIN_FLAG_TYPES)[flag]
+        lr_find.add_argument(flag, type=kind)
+    lr_find.add_argument("--data-dir")
+    lr_find.add_argument("--start-lr", type=float, default=1e-6)
+    lr_find.add_argument("--end-lr", type=float, default=10.0)
+    lr_find.add_argument("--steps", type=positive_int, default=100)
+    lr_find.add_argument("--plot", metavar="OUT.png", help="write the loss-vs-lr plot")
+    lr_find.set_defaults(run=run_lr_find)
+
+    cv = commands.add_parser(
+        "cv",
+        help="stratified k-fold cross-validation: per-fold and mean +- std accuracy",
+        argument_default=argparse.SUPPRESS,
+    )
+    cv.add_argument("--folds", type=positive_int, default=5)
+    for flag, kind, help_text in TRAIN_FLAGS:
+        if flag not in ("--val-split", "--early-stopping", "--early-stopping-metric"):
+            cv.add_argument(flag, type=kind, help=help_text)
+    for flag, help_text in TRAIN_SWITCHES:
+        cv.add_argument(flag, action="store_true", help=help_text)
+    cv.add_argument("--data-dir")
+    cv.add_argument("--config", metavar="FILE.toml")
+    cv.set_defaults(run=run_cv)
+
+    reproduce = commands.add_parser(
+        "reproduce", help="run d2l's Fashion-MNIST recipes; our results beside the published"
+    )
+    reproduce.add_argument("suite", choices=["d2l"])
+    reproduce.add_argument("--models", nargs="+", help="recipe names (default: all)")
+    reproduce.add_argument("--epochs", type=positive_int, help="override the recipes' 10")
+    reproduce.add_argument("--data-dir")
+    reproduce.add_argument("--out", help="folder for the runs")
+    reproduce.add_argument("--device", help="auto, cpu, cuda")
+    reproduce.add_argument("--quiet", action="store_true", help="one line per epoch")
+    reproduce.set_defaults(run=run_reproduce)
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -262,4 +343,87 @@ def run_train(args: argparse.Namespace) -> int:
     if options:
         values["model_options"] = {**values.get("model_options", {}), **options}
     Trainer(config_from(values)).fit()
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from cnnlab.train.inference import evaluate_saved, format_evaluation
+
+    evaluation, classes, _ = evaluate_saved(
+        args.run,
+        dataset=args.dataset,
+        split=args.split,
+        data_dir=args.data_dir,
+        device=args.device,
+    )
+    if args.json:
+        print(json.dumps(evaluation.to_dict(classes), indent=2))
+    else:
+        print(format_evaluation(evaluation, classes))
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from cnnlab.train.inference import format_predictions, predict_images
+
+    predictions = predict_images(
+        args.run, args.images, top_k=args.top_k, device=args.device, invert=args.invert
+    )
+    print(format_predictions(predictions))
+    return 0
+
+
+def training_settings(args: argparse.Namespace, skip: tuple[str, ...]) -> dict:
+    from cnnlab.train.config import load_toml
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "run", *skip)}
+    values = load_toml(given.pop("config")) if "config" in given else {}
+    values.update(given)
+    return values
+
+
+def run_lr_find(args: argparse.Namespace) -> int:
+    from cnnlab.train.config import config_from
+    from cnnlab.train.lr_find import format_lr_find, lr_find
+    from cnnlab.train.plots import plot_lr_find
+
+    settings = training_settings(args, ("start_lr", "end_lr", "steps", "plot"))
+    result = lr_find(
+        config_from({**settings, "quiet": True}),
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
+        steps=args.steps,
+    )
+    print(format_lr_find(result))
+    if getattr(args, "plot", None) and result.lrs:
+        plot_lr_find(result.lrs, result.losses, result.suggested, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def run_cv(args: argparse.Namespace) -> int:
+    from cnnlab.train.config import config_from
+    from cnnlab.train.cross_validation import cross_validate, format_cross_validation
+
+    settings = training_settings(args, ("folds",))
+    out = settings.pop("out", None)
+    result = cross_validate(config_from(settings), args.folds, out=out)
+    print(format_cross_validation(result))
+    return 0
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from cnnlab.train.reproduce import format_reproduction, reproduce_d2l
+
+    overrides = {"quiet": True} if args.quiet else {}
+    if args.device:
+        overrides["device"] = args.device
+    rows = reproduce_d2l(
+        models=args.models,
+        epochs=args.epochs,
+        data_dir=args.data_dir,
+        out=args.out,
+        overrides=overrides,
+    )
+    print(format_reproduction(rows))
     return 0

@@ -122,8 +122,8 @@ def load_image_folder_with_report(
     first: tuple[Path, tuple[int, ...]] | None = None  # to name two files in a size mismatch
     for file, label in zip(listing.files, listing.labels, strict=True):
         try:
-            array = _decode(file, channels, image_size, max_pixels)
-        except _BadImage as bad:
+            array = decode_image(file, channels, image_size, max_pixels)
+        except BadImage as bad:
             _handle_bad(file, bad, on_error, report)
             continue
         if first is None:
@@ -165,7 +165,7 @@ class ImageFolderStream(torch.utils.data.Dataset):
         for file, label in zip(listing.files, listing.labels, strict=True):
             try:
                 height, width, is_colour = _probe(file, max_pixels)
-            except _BadImage as bad:
+            except BadImage as bad:
                 _handle_bad(file, bad, on_error, self.report)
                 continue
             if first is None:
@@ -190,8 +190,8 @@ class ImageFolderStream(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         file = Path(self.files[index])
         try:
-            array = _decode(file, self.channels, self.image_size, self.max_pixels)
-        except _BadImage as bad:
+            array = decode_image(file, self.channels, self.image_size, self.max_pixels)
+        except BadImage as bad:
             raise DataFormatError(bad.message(file)) from None
         if array.shape[:2] != self.size:
             raise DataFormatError(
@@ -300,7 +300,7 @@ def _list_class(folder: Path) -> tuple[list[Path], list[Path]]:
 # ---- reading one image -----------------------------------------------------------------------
 
 
-class _BadImage(Exception):
+class BadImage(Exception):
     """One bad image file; `found` says what is wrong with it."""
 
     def __init__(self, found: str):
@@ -317,7 +317,7 @@ def _probe(path: Path, max_pixels: int | None) -> tuple[int, int, bool]:
         return image.height, image.width, _is_colour(image)
 
 
-def _decode(
+def decode_image(
     path: Path, channels: int | None, image_size: tuple[int, int] | None, max_pixels: int | None
 ) -> np.ndarray:
     """The whole image as uint8 H x W x C; channels None keeps 1 for gray and 3 for colour."""
@@ -334,7 +334,7 @@ def _decode(
 @contextmanager
 def _opened(path: Path, max_pixels: int | None) -> Iterator[Image.Image]:
     """Pillow's lazily opened image, once the file passed every check that precedes decoding;
-    any Pillow failure inside the block becomes a _BadImage."""
+    any Pillow failure inside the block becomes a BadImage."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise DataError(
             f"{path}: not read: Pillow's ImageFile.LOAD_TRUNCATED_IMAGES is True, which would "
@@ -349,10 +349,10 @@ def _opened(path: Path, max_pixels: int | None) -> Iterator[Image.Image]:
                 _check_pixels(image, max_pixels)
                 yield image
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise _BadImage(f"a decompression bomb ({error})") from error
+            raise BadImage(f"a decompression bomb ({error})") from error
         except _DECODE_ERRORS as error:
             found = f"a corrupt or truncated file ({type(error).__name__}: {error})"
-            raise _BadImage(found) from error
+            raise BadImage(found) from error
 
 
 def _check_signature(path: Path) -> None:
@@ -360,26 +360,26 @@ def _check_signature(path: Path) -> None:
         with path.open("rb") as file:
             head = file.read(16)
     except OSError as error:
-        raise _BadImage(f"an unreadable file ({error})") from error
+        raise BadImage(f"an unreadable file ({error})") from error
     if not head:
-        raise _BadImage("an empty file (0 bytes)")
+        raise BadImage("an empty file (0 bytes)")
     if head.startswith((_PNG_SIGNATURE, _JPEG_SIGNATURE)):
         return
     for signature, kind in _OTHER_SIGNATURES.items():
         if head.startswith(signature):
-            raise _BadImage(f"{kind} data")
+            raise BadImage(f"{kind} data")
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
-        raise _BadImage(f"unknown data starting with {head[:8]!r}") from None
-    raise _BadImage(f"text ({text!r}...)")
+        raise BadImage(f"unknown data starting with {head[:8]!r}") from None
+    raise BadImage(f"text ({text!r}...)")
 
 
 def _check_pixels(image: Image.Image, max_pixels: int | None) -> None:
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     pixels = image.width * image.height
     if limit is not None and pixels > limit:
-        raise _BadImage(
+        raise BadImage(
             f"a decompression bomb ({image.width}x{image.height} = {pixels} pixels, "
             f"over the limit of {limit})"
         )
@@ -419,7 +419,7 @@ def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(images)
 
 
-def _handle_bad(file: Path, bad: _BadImage, on_error: str, report: FolderReport) -> None:
+def _handle_bad(file: Path, bad: BadImage, on_error: str, report: FolderReport) -> None:
     if on_error == "fail":
         raise DataFormatError(f"{bad.message(file)} (on_error='skip' leaves bad images out)")
     report.skipped.append((file, bad.found))

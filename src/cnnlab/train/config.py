@@ -71,6 +71,7 @@ class TrainConfig:
     val_split: float = 0.0  # fraction of the training set held out; 0: none
     early_stopping: int = 0  # patience in epochs; 0: off
     early_stopping_metric: str = "val_loss"
+    precise_bn: int = 50  # training batches that recompute BatchNorm statistics; 0: off
     resize: int | None = None
     augment: str = "none"
     class_weights: bool = False
@@ -105,7 +106,7 @@ class TrainConfig:
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise CnnlabError(f"{name} must be a positive integer, got {value!r}")
         ranges = {
-            "lr": (self.lr, 0.0, math.inf),
+            "precise_bn": (self.precise_bn, 0, math.inf),
             "val_split": (self.val_split, 0.0, 0.9),
             "label_smoothing": (self.label_smoothing, 0.0, 0.99),
             "weight_decay": (self.weight_decay, 0.0, math.inf),
@@ -114,6 +115,8 @@ class TrainConfig:
             "aux_weight": (self.aux_weight, 0.0, math.inf),
             "warmup_epochs": (self.warmup_epochs, 0.0, self.epochs),
         }
+        if self.lr is not None and not 0 < self.lr < math.inf:
+            raise CnnlabError(f"lr must be a positive number, got {self.lr!r}")
         for name, (value, low, high) in ranges.items():
             if value is not None and not low <= value <= high:
                 raise CnnlabError(f"{name} must be in [{low}, {high}], got {value!r}")

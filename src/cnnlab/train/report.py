@@ -59,6 +59,7 @@ def write_final_report(trainer, final_set, evaluation) -> None:
     for line in lines[4:]:
         trainer.echo(line)
     if evaluation is not None:
-        trainer.echo(f"test accuracy {evaluation.acc:.4f}; run folder: {run.path}")
+        kind = "test" if final_set is trainer.data.test else "validation"
+        trainer.echo(f"{kind} accuracy {evaluation.acc:.4f}; run folder: {run.path}")
     else:
         trainer.echo(f"no test or validation split to evaluate; run folder: {run.path}")

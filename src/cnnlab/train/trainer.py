@@ -16,6 +16,7 @@ continues from it exactly (same weights as an uninterrupted run with `determinis
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import signal
 import sys
@@ -28,6 +29,7 @@ from torch import nn
 from cnnlab.data.loader import InMemoryLoader
 from cnnlab.data.splits import class_weights
 from cnnlab.errors import CnnlabError
+from cnnlab.train.batchnorm import frozen_norms, recompute_batchnorm
 from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.train.config import TrainConfig, config_from, load_toml
 from cnnlab.train.evaluate import Evaluation, autocast, evaluate
@@ -77,9 +79,9 @@ class Trainer:
         `create_run` is False (the learning-rate finder trains without one)."""
         config = self.config
         torch.manual_seed(config.seed)
-        if config.deterministic:
-            torch.use_deterministic_algorithms(True)
-        self.device = _device(config.device)
+        # process-wide: set either way, so that an earlier deterministic run does not leak
+        torch.use_deterministic_algorithms(config.deterministic)
+        self.device = resolve_device(config.device)
         if self.data is None:
             self.data = load_run_data(config, progress=not config.quiet)
         in_channels = self.data.train.image_size[0]
@@ -149,12 +151,15 @@ class Trainer:
     def train_epoch(self, epoch: int, start: int, position: dict) -> dict:
         config, loader = self.config, self.train_loader
         self.model.train()
+        for norm in frozen_norms(self.model):
+            norm.eval()
         metrics = RunningMetrics()
         if start:
             metrics.load_state(position["metrics"], self.device)
         counter = torch.zeros((), dtype=torch.int64, device=self.device)
         first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
-        clipped = torch.zeros((), dtype=torch.int64, device=self.device)
+        # a resumed epoch counts on from the clipped steps before the interruption
+        clipped = torch.tensor(position.get("clipped", 0) if start else 0, device=self.device)
         bar = EpochBar(epoch + 1, config.epochs, len(loader), enabled=not config.quiet)
         started, seen = time.perf_counter(), 0
         batches = loader.epoch_batches(epoch, start, position.get("augment_state"))
@@ -172,7 +177,7 @@ class Trainer:
                 bar.draw(index + 1, result["loss"], result["acc"], self.lr(), rate)
             if self.stop_signal is not None:
                 bar.close()
-                self.interrupt(epoch, index + 1, metrics)
+                self.interrupt(epoch, index + 1, metrics, int(clipped))
         bar.close()
         self.check_finite(first_bad, epoch)
         seconds = time.perf_counter() - started
@@ -225,6 +230,7 @@ class Trainer:
     # ---- epochs, checkpoints, stopping ------------------------------------------------------
 
     def end_epoch(self, epoch: int, record: dict) -> None:
+        self.recompute_batchnorm(epoch)
         val = self.evaluate(self.data.val) if self.data.val is not None else None
         record["val_loss"] = val.loss if val else None
         record["val_acc"] = val.acc if val else None
@@ -236,6 +242,21 @@ class Trainer:
         if improved:
             save_checkpoint(self.run.best, self.model, self.optimizer, self.scheduler, state)
         self.echo(_epoch_line(record, self.config.epochs))
+
+    def recompute_batchnorm(self, epoch: int) -> None:
+        """Precise BatchNorm statistics (see batchnorm.py) from `precise_bn` training batches,
+        drawn without augmentation in a seeded order of their own."""
+        if not self.config.precise_bn:
+            return
+        loader = InMemoryLoader(
+            self.data.train.images,
+            self.data.train.labels,
+            self.config.batch_size,
+            seed=self.config.seed + epoch,
+            device=self.device,
+            pipeline=self.eval_pipeline,
+        )
+        recompute_batchnorm(self.model, itertools.islice(loader, self.config.precise_bn))
 
     def monitored(self) -> tuple[str, int]:
         """The metric that picks the best epoch, and +1 where larger is better."""
@@ -257,16 +278,23 @@ class Trainer:
         patience = self.config.early_stopping
         return bool(patience) and self.history[-1]["epoch"] - self.best["epoch"] >= patience
 
-    def state(self, epoch: int, next_batch: int, metrics: RunningMetrics | None = None) -> dict:
+    def state(
+        self,
+        epoch: int,
+        next_batch: int,
+        metrics: RunningMetrics | None = None,
+        clipped: int = 0,
+    ) -> dict:
         return {
             "epoch": epoch,
             "next_batch": next_batch,
             "history": self.history,
             "best": getattr(self, "best", None),
             "metrics": metrics.state() if metrics is not None else None,
+            "clipped": clipped,
         }
 
-    def interrupt(self, epoch: int, next_batch: int, metrics: RunningMetrics) -> None:
+    def interrupt(self, epoch: int, next_batch: int, metrics: RunningMetrics, clipped: int) -> None:
         generators = {}
         if self.train_loader.augment_generator is not None:
             generators["augment"] = self.train_loader.augment_generator.get_state()
@@ -275,7 +303,7 @@ class Trainer:
             self.model,
             self.optimizer,
             self.scheduler,
-            self.state(epoch, next_batch, metrics),
+            self.state(epoch, next_batch, metrics, clipped),
             generators,
         )
         name = signal.Signals(self.stop_signal).name
@@ -294,6 +322,7 @@ class Trainer:
         position = {"epoch": state["epoch"], "next_batch": state["next_batch"]}
         if state["next_batch"]:
             position["metrics"] = state["metrics"]
+            position["clipped"] = state.get("clipped", 0)
             position["augment_state"] = checkpoint.generators.get("augment")
         self.echo(
             f"resuming {self.run.path} at epoch {state['epoch'] + 1}, step {state['next_batch']}"
@@ -338,7 +367,7 @@ class Trainer:
         write_final_report(self, final_set, evaluation)
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
