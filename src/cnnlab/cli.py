@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.run(args)
+        return args.handler(args)
     except CnnlabError as error:
         # An interrupted run carries its exit code (130, 143): a stop, not an error.
         label = "" if hasattr(error, "exit_code") else "error: "
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the FC head by equivalent convolutions (AlexNet, VGG, LeNet) first",
     )
     summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    summary.set_defaults(run=run_summary)
+    summary.set_defaults(handler=run_summary)
 
     zoo = commands.add_parser(
         "zoo",
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     zoo.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")
     zoo.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    zoo.set_defaults(run=run_zoo)
+    zoo.set_defaults(handler=run_zoo)
 
     add_train_parser(commands)
     add_after_training_parsers(commands)
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--grid", metavar="OUT.png", help="write a PNG grid of samples per class")
     info.add_argument("--per-class", type=positive_int, default=8, metavar="N", help="grid columns")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
-    info.set_defaults(run=run_data_info)
+    info.set_defaults(handler=run_data_info)
     return parser
 
 
@@ -157,23 +157,23 @@ def add_train_parser(commands) -> None:
     )
     train.add_argument("--config", metavar="FILE.toml", help="settings file; flags override it")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
-    train.set_defaults(run=run_train)
+    train.set_defaults(handler=run_train)
 
 
 def add_after_training_parsers(commands) -> None:
     evaluate = commands.add_parser(
         "eval", help="evaluate a trained model: loss, accuracy, per class, confusion matrix"
     )
-    evaluate.add_argument("run", metavar="RUN_OR_WEIGHTS", help="run folder or .safetensors")
+    evaluate.add_argument("source", metavar="RUN_OR_WEIGHTS", help="run folder or .safetensors")
     evaluate.add_argument("--dataset", help="default: the dataset the model was trained on")
     evaluate.add_argument("--split", default="test", help="default test")
     evaluate.add_argument("--data-dir", help="where datasets live (default $CNNLAB_DATA)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of text")
-    evaluate.set_defaults(run=run_eval)
+    evaluate.set_defaults(handler=run_eval)
 
     predict = commands.add_parser("predict", help="top-k classes for your own image files")
-    predict.add_argument("run", metavar="RUN_OR_WEIGHTS", help="run folder or .safetensors")
+    predict.add_argument("source", metavar="RUN_OR_WEIGHTS", help="run folder or .safetensors")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
     predict.add_argument("--top-k", type=positive_int, default=5, metavar="K")
     predict.add_argument(
@@ -182,7 +182,7 @@ def add_after_training_parsers(commands) -> None:
         help="invert pixel values (dark objects on white, for models trained on MNIST-style data)",
     )
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    predict.set_defaults(run=run_predict)
+    predict.set_defaults(handler=run_predict)
 
     lr_find = commands.add_parser(
         "lr-find",
@@ -206,7 +206,7 @@ def add_after_training_parsers(commands) -> None:
     lr_find.add_argument("--end-lr", type=float, default=10.0)
     lr_find.add_argument("--steps", type=positive_int, default=100)
     lr_find.add_argument("--plot", metavar="OUT.png", help="write the loss-vs-lr plot")
-    lr_find.set_defaults(run=run_lr_find)
+    lr_find.set_defaults(handler=run_lr_find)
 
     cv = commands.add_parser(
         "cv",
@@ -221,7 +221,7 @@ def add_after_training_parsers(commands) -> None:
         cv.add_argument(flag, action="store_true", help=help_text)
     cv.add_argument("--data-dir")
     cv.add_argument("--config", metavar="FILE.toml")
-    cv.set_defaults(run=run_cv)
+    cv.set_defaults(handler=run_cv)
 
     reproduce = commands.add_parser(
         "reproduce", help="run d2l's Fashion-MNIST recipes; our results beside the published"
@@ -233,7 +233,7 @@ def add_after_training_parsers(commands) -> None:
     reproduce.add_argument("--out", help="folder for the runs")
     reproduce.add_argument("--device", help="auto, cpu, cuda")
     reproduce.add_argument("--quiet", action="store_true", help="one line per epoch")
-    reproduce.set_defaults(run=run_reproduce)
+    reproduce.set_defaults(handler=run_reproduce)
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -328,7 +328,7 @@ def run_train(args: argparse.Namespace) -> int:
     from cnnlab.train.config import config_from, load_toml
     from cnnlab.train.trainer import Trainer
 
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "run")}
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "handler")}
     if "resume" in given:
         extra = sorted(set(given) - {"resume"})
         if extra:
@@ -350,7 +350,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from cnnlab.train.inference import evaluate_saved, format_evaluation
 
     evaluation, classes, _ = evaluate_saved(
-        args.run,
+        args.source,
         dataset=args.dataset,
         split=args.split,
         data_dir=args.data_dir,
@@ -367,7 +367,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from cnnlab.train.inference import format_predictions, predict_images
 
     predictions = predict_images(
-        args.run, args.images, top_k=args.top_k, device=args.device, invert=args.invert
+        args.source, args.images, top_k=args.top_k, device=args.device, invert=args.invert
     )
     print(format_predictions(predictions))
     return 0
@@ -376,7 +376,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def training_settings(args: argparse.Namespace, skip: tuple[str, ...]) -> dict:
     from cnnlab.train.config import load_toml
 
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "run", *skip)}
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "handler", *skip)}
     values = load_toml(given.pop("config")) if "config" in given else {}
     values.update(given)
     return values
