@@ -21,7 +21,17 @@ def test_version_and_help_list_every_subcommand():
     assert result.returncode == 0 and result.stdout.strip() == f"cnnlab {cnnlab.__version__}"
     result = run(sys.executable, "-m", "cnnlab", "--help")
     assert result.returncode == 0
-    for command in ("summary", "zoo"):
+    for command in (
+        "summary",
+        "zoo",
+        "train",
+        "eval",
+        "predict",
+        "lr-find",
+        "cv",
+        "reproduce",
+        "data",
+    ):
         assert command in result.stdout
 
 
