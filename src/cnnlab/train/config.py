@@ -29,6 +29,7 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "precision": ("fp32", "bf16", "fp16"),
     "early_stopping_metric": ("val_loss", "val_acc"),
+    "tta": ("none", "flip"),
 }
 
 # (input size, batch size, learning rate) d2l trains each family with on Fashion-MNIST, all with
@@ -72,6 +73,8 @@ class TrainConfig:
     early_stopping: int = 0  # patience in epochs; 0: off
     early_stopping_metric: str = "val_loss"
     precise_bn: int = 50  # training batches that recompute BatchNorm statistics; 0: off
+    target_acc: float | None = None  # stop once the validation accuracy reaches it
+    tta: str = "none"  # test-time augmentation of every evaluation: "flip" averages mirrored
     resize: int | None = None
     augment: str = "none"
     class_weights: bool = False
@@ -120,6 +123,13 @@ class TrainConfig:
         for name, (value, low, high) in ranges.items():
             if value is not None and not low <= value <= high:
                 raise CnnlabError(f"{name} must be in [{low}, {high}], got {value!r}")
+        if self.target_acc is not None and not 0 < self.target_acc <= 1:
+            raise CnnlabError(f"target_acc must be in (0, 1], got {self.target_acc!r}")
+        if self.target_acc is not None and not self.val_split:
+            raise CnnlabError(
+                "--target-acc watches a held-out validation split (never the test set): "
+                "give --val-split too"
+            )
         if self.early_stopping and not self.val_split:
             raise CnnlabError("early stopping watches the validation set: give --val-split too")
         if self.freeze not in (None, "features"):

@@ -46,11 +46,17 @@ def autocast(device: torch.device, precision: str):
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches, num_classes: int, device: torch.device, precision: str = "fp32"
+    model: nn.Module,
+    batches,
+    num_classes: int,
+    device: torch.device,
+    precision: str = "fp32",
+    tta: str = "none",
 ) -> Evaluation:
     """Mean cross-entropy and accuracy over `batches` (an iterable of (images, labels)), with the
     model in eval mode (dropout off, BatchNorm on its running statistics); the model's modes are
-    restored afterwards."""
+    restored afterwards. `tta="flip"` scores each image by the mean of its logits and those of
+    its mirror image (test-time augmentation)."""
     modes = {module: module.training for module in model.modules()}
     model.eval()
     metrics = RunningMetrics()
@@ -59,8 +65,9 @@ def evaluate(
         for images, labels in batches:
             images, labels = images.to(device), labels.to(device)
             with autocast(device, precision):
-                logits = model(images)
-            logits = logits.float()
+                logits = model(images).float()
+                if tta == "flip":
+                    logits = (logits + model(images.flip(3)).float()) / 2
             metrics.update(F.cross_entropy(logits, labels, reduction="sum"), logits, labels)
             confusion += confusion_matrix(logits.argmax(1), labels, num_classes)
     finally:

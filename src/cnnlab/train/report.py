@@ -41,6 +41,12 @@ def write_final_report(trainer, final_set, evaluation) -> None:
         f"(trainable {sum(p.numel() for p in trainer.model.parameters() if p.requires_grad):,})",
         f"training time: {sum(r['seconds'] for r in trainer.history):.1f} s",
     ]
+    reached = [r for r in trainer.history if "time_to_target_s" in r]
+    if reached:
+        lines.insert(4, (
+            f"time to validation accuracy {config.target_acc}: {reached[0]['time_to_target_s']} s "
+            f"from process start (epoch {reached[0]['epoch']})"
+        ))
     if evaluation is not None:
         split = final_set.name
         run.write_json("evaluation.json", {"split": split, **evaluation.to_dict(classes)})

@@ -26,6 +26,7 @@ import time
 import torch
 from torch import nn
 
+from cnnlab.clock import seconds_since_start
 from cnnlab.data.loader import InMemoryLoader
 from cnnlab.data.splits import class_weights
 from cnnlab.errors import CnnlabError
@@ -138,6 +139,8 @@ class Trainer:
                 record = self.train_epoch(epoch, position.get("next_batch", 0), position)
                 position = {"epoch": epoch + 1, "next_batch": 0}
                 self.end_epoch(epoch, record)
+                if self.reached_target():
+                    break
                 if self.should_stop_early():
                     self.echo(
                         f"early stopping: no better {self.config.early_stopping_metric} for "
@@ -234,6 +237,9 @@ class Trainer:
         val = self.evaluate(self.data.val) if self.data.val is not None else None
         record["val_loss"] = val.loss if val else None
         record["val_acc"] = val.acc if val else None
+        target = self.config.target_acc
+        if target is not None and val.acc >= target:
+            record["time_to_target_s"] = round(seconds_since_start(), 3)
         self.history.append(record)
         self.run.write_metrics(self.history)
         improved = self.track_best(record)
@@ -273,6 +279,18 @@ class Trainer:
             self.best = {"metric": metric, "value": value, "epoch": record["epoch"]}
             return True
         return False
+
+    def reached_target(self) -> bool:
+        """With `target_acc`, whether this epoch's validation accuracy reached it; the time from
+        process start (start-up and data loading included) goes into the epoch's record."""
+        record, target = self.history[-1], self.config.target_acc
+        if target is None or record["val_acc"] < target:
+            return False
+        self.echo(
+            f"reached validation accuracy {record['val_acc']:.4f} >= {target} at epoch "
+            f"{record['epoch']}, {record['time_to_target_s']:.1f} s after the process started"
+        )
+        return True
 
     def should_stop_early(self) -> bool:
         patience = self.config.early_stopping
@@ -357,6 +375,7 @@ class Trainer:
             self.num_classes,
             self.device,
             self.config.precision,
+            self.config.tta,
         )
 
     def finish(self) -> None:

@@ -1,0 +1,56 @@
+"""Time-to-accuracy (--target-acc) and flip test-time augmentation (--tta flip)."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.train import TrainConfig, Trainer
+from cnnlab.train.evaluate import evaluate
+
+
+def config(data, out, **settings):
+    base = dict(model="lenet_bn", data_dir=str(data), out=str(out), batch_size=16, quiet=True,
+                val_split=0.25, epochs=3)  # fmt: skip
+    return TrainConfig(**{**base, **settings})
+
+
+def test_target_accuracy_stops_and_records_the_time(fake_data, tmp_path):
+    lines = []
+    history = Trainer(config(fake_data, tmp_path / "run", target_acc=0.01), echo=lines.append).fit()
+    assert len(history) == 1 and history[0]["time_to_target_s"] > 0
+    assert any(line.startswith("reached validation accuracy") for line in lines)
+    summary = (tmp_path / "run" / "summary.txt").read_text()
+    assert "time to validation accuracy 0.01" in summary
+    saved = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert saved[0]["time_to_target_s"] == history[0]["time_to_target_s"]
+
+
+def test_unreached_target_trains_every_epoch(fake_data, tmp_path):
+    history = Trainer(config(fake_data, tmp_path / "run", target_acc=1.0, epochs=2)).fit()
+    assert len(history) == 2 and all("time_to_target_s" not in r for r in history)
+
+
+def test_target_needs_a_validation_split():
+    with pytest.raises(CnnlabError, match="never the test set"):
+        TrainConfig(target_acc=0.9).resolved()
+    with pytest.raises(CnnlabError, match="target_acc"):
+        TrainConfig(target_acc=1.5, val_split=0.1).resolved()
+
+
+def test_flip_tta_scores_the_mean_of_both_views():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.LazyLinear(4))
+    images, labels = torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    model(images)  # materialise the lazy layer
+    result = evaluate(model, [(images, labels)], 4, torch.device("cpu"), tta="flip")
+    with torch.no_grad():
+        logits = (model(images) + model(images.flip(3))) / 2
+    assert result.loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
+    plain = evaluate(model, [(images, labels)], 4, torch.device("cpu"))
+    assert plain.loss != pytest.approx(result.loss)
