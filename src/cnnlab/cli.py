@@ -119,6 +119,7 @@ TRAIN_FLAGS = [  # (flag, type, help); each sets the TrainConfig field of the sa
     ("--early-stopping-metric", str, "val_loss or val_acc (default val_loss)"),
     ("--precise-bn", int, "batches that recompute BatchNorm statistics before evaluating (50)"),
     ("--target-acc", float, "stop once the validation accuracy reaches this (needs --val-split)"),
+    ("--ema", float, "evaluate an exponential moving average of the weights with this decay"),
     ("--tta", str, "test-time augmentation for every evaluation: none or flip"),
     ("--resize", int, "input size fed to the model (default: d2l's for the model)"),
     ("--augment", str, "comma list: crop, crop-reflect, flip, erase, erase-random, jitter"),

@@ -1,6 +1,7 @@
 """Time-to-accuracy (--target-acc) and flip test-time augmentation (--tta flip)."""
 
 import json
+import signal
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.train import TrainConfig, Trainer
+from cnnlab.train import Interrupted, TrainConfig, Trainer
+from cnnlab.train.checkpoint import read_weights
 from cnnlab.train.evaluate import evaluate
 
 
@@ -54,3 +56,37 @@ def test_flip_tta_scores_the_mean_of_both_views():
     assert result.loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
     plain = evaluate(model, [(images, labels)], 4, torch.device("cpu"))
     assert plain.loss != pytest.approx(result.loss)
+
+
+def test_weight_average_is_what_is_evaluated_and_saved(fake_data, tmp_path):
+    trainer = Trainer(config(fake_data, tmp_path / "run", ema=0.9, epochs=1))
+    trainer.fit()
+    tensors, _ = read_weights(tmp_path / "run" / "model.safetensors")
+    averaged = trainer.average.model.state_dict()
+    assert all(torch.equal(tensors[k], averaged[k]) for k in averaged)
+    assert not torch.equal(tensors["fc.weight"], trainer.model.fc.weight.detach())
+
+
+def test_weight_average_resumes_exactly(fake_data, tmp_path, monkeypatch):
+    settings = dict(ema=0.8, epochs=2, deterministic=True, augment="crop,flip")
+    Trainer(config(fake_data, tmp_path / "straight", **settings)).fit()
+
+    original_step = Trainer.step
+    calls = []
+
+    def step_then_stop(self, *args):
+        result = original_step(self, *args)
+        calls.append(1)
+        if len(calls) == 9:  # mid-way through epoch 2 (6 batches per epoch)
+            self.stop_signal = signal.SIGINT
+        return result
+
+    monkeypatch.setattr(Trainer, "step", step_then_stop)
+    with pytest.raises(Interrupted):
+        Trainer(config(fake_data, tmp_path / "resumed", **settings)).fit()
+    monkeypatch.setattr(Trainer, "step", original_step)
+    Trainer.resume(tmp_path / "resumed", echo=lambda line: None).fit()
+    straight, _ = read_weights(tmp_path / "straight" / "model.safetensors")
+    resumed, _ = read_weights(tmp_path / "resumed" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

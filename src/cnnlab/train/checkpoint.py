@@ -45,6 +45,7 @@ MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit: a larger claim is corr
 MODEL_PREFIX = "model."
 OPTIMIZER_PREFIX = "optimizer.state."
 RNG_PREFIX = "rng."
+EXTRA_PREFIX = "extra."  # extra models, e.g. the weight average: "extra.<name>.<key>"
 TORCH_RNG = "rng.torch"
 REQUIRED_MODEL_KEYS = ("model", "num_classes", "in_channels")
 _ZIP_MAGIC = b"PK\x03\x04"  # what torch.save writes: a zip archive around a pickle
@@ -67,10 +68,14 @@ def save_checkpoint(
     scheduler: Any = None,
     state: dict | None = None,
     generators: dict[str, torch.Tensor] | None = None,
+    extra_models: dict[str, nn.Module] | None = None,
 ) -> None:
-    """Write everything needed to resume training to one safetensors file, atomically."""
+    """Write everything needed to resume training to one safetensors file, atomically.
+    `extra_models` are more models to keep (the trainer's weight average), by name."""
     path = Path(path)
     tensors = _weight_tensors(model, path, prefix=MODEL_PREFIX)
+    for name, extra in (extra_models or {}).items():
+        tensors.update(_weight_tensors(extra, path, prefix=f"{EXTRA_PREFIX}{name}."))
     document = {"format": FORMAT_VERSION, "optimizer": None, "scheduler": None}
     if optimizer is not None:
         optimizer_tensors, document["optimizer"] = _split_optimizer(optimizer)
@@ -93,8 +98,10 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
+    extra_models: dict[str, nn.Module] | None = None,
 ) -> Checkpoint:
-    """Restore the model, optimizer, scheduler and torch's global RNG from a checkpoint."""
+    """Restore the model, optimizer, scheduler, extra models and torch's global RNG from a
+    checkpoint."""
     path = Path(path)
     tensors, metadata = _read(path)
     document = _checkpoint_document(path, metadata)
@@ -106,6 +113,12 @@ def load_checkpoint(
         if key.startswith(MODEL_PREFIX)
     }
     _load_weights_into(model, weights, path)
+    for name, extra in (extra_models or {}).items():
+        prefix = f"{EXTRA_PREFIX}{name}."
+        found = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not found:
+            raise CheckpointError(f"{path} holds no {name!r} model to restore")
+        _load_weights_into(extra, found, path)
     if optimizer is not None:
         _restore_optimizer(optimizer, document["optimizer"], tensors, path)
     if scheduler is not None:

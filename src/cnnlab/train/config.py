@@ -74,6 +74,7 @@ class TrainConfig:
     early_stopping_metric: str = "val_loss"
     precise_bn: int = 50  # training batches that recompute BatchNorm statistics; 0: off
     target_acc: float | None = None  # stop once the validation accuracy reaches it
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
     tta: str = "none"  # test-time augmentation of every evaluation: "flip" averages mirrored
     resize: int | None = None
     augment: str = "none"
@@ -110,6 +111,7 @@ class TrainConfig:
                 raise CnnlabError(f"{name} must be a positive integer, got {value!r}")
         ranges = {
             "precise_bn": (self.precise_bn, 0, math.inf),
+            "ema": (self.ema, 0.0, 0.9999999),
             "val_split": (self.val_split, 0.0, 0.9),
             "label_smoothing": (self.label_smoothing, 0.0, 0.99),
             "weight_decay": (self.weight_decay, 0.0, math.inf),

@@ -27,7 +27,7 @@ def weights_metadata(trainer) -> dict:
 
 def write_final_report(trainer, final_set, evaluation) -> None:
     run, config, classes = trainer.run, trainer.config, trainer.data.classes
-    save_weights(run.weights, trainer.model, weights_metadata(trainer))
+    save_weights(run.weights, trainer.eval_model, weights_metadata(trainer))
     if trainer.history:
         plot_curves(
             trainer.history, run.path / "curves.png", title=f"{config.model} on {config.dataset}"
@@ -43,10 +43,11 @@ def write_final_report(trainer, final_set, evaluation) -> None:
     ]
     reached = [r for r in trainer.history if "time_to_target_s" in r]
     if reached:
-        lines.insert(4, (
-            f"time to validation accuracy {config.target_acc}: {reached[0]['time_to_target_s']} s "
-            f"from process start (epoch {reached[0]['epoch']})"
-        ))
+        first = reached[0]
+        lines.append(
+            f"time to validation accuracy {config.target_acc}: {first['time_to_target_s']} s "
+            f"from process start (epoch {first['epoch']})"
+        )
     if evaluation is not None:
         split = final_set.name
         run.write_json("evaluation.json", {"split": split, **evaluation.to_dict(classes)})

@@ -33,6 +33,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.train.batchnorm import frozen_norms, recompute_batchnorm
 from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.train.config import TrainConfig, config_from, load_toml
+from cnnlab.train.ema import WeightAverage
 from cnnlab.train.evaluate import Evaluation, autocast, evaluate
 from cnnlab.train.metrics import RunningMetrics
 from cnnlab.train.optim import build_optimizer, build_schedule, l1_penalty
@@ -108,6 +109,8 @@ class Trainer:
             len(self.train_loader),
             warmup_epochs=config.warmup_epochs,
         )
+        self.average = WeightAverage(self.model, config.ema) if config.ema else None
+        self.eval_model = self.average.model if self.average else self.model  # what is evaluated
         weights = None
         if config.class_weights:
             weights = class_weights(self.data.train.labels, self.num_classes).to(self.device)
@@ -146,7 +149,7 @@ class Trainer:
                         f"early stopping: no better {self.config.early_stopping_metric} for "
                         f"{self.config.early_stopping} epochs; restoring the best weights"
                     )
-                    load_checkpoint(self.run.best, self.model)
+                    load_checkpoint(self.run.best, self.model, extra_models=self.extras())
                     break
         self.finish()
         return self.history
@@ -216,6 +219,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update(self.model)
         return loss.detach(), logits.detach().float()
 
     def lr(self) -> float:
@@ -244,9 +249,9 @@ class Trainer:
         self.run.write_metrics(self.history)
         improved = self.track_best(record)
         state = self.state(epoch + 1, 0)
-        save_checkpoint(self.run.last, self.model, self.optimizer, self.scheduler, state)
+        self.save(self.run.last, state)
         if improved:
-            save_checkpoint(self.run.best, self.model, self.optimizer, self.scheduler, state)
+            self.save(self.run.best, state)
         self.echo(_epoch_line(record, self.config.epochs))
 
     def recompute_batchnorm(self, epoch: int) -> None:
@@ -262,7 +267,7 @@ class Trainer:
             device=self.device,
             pipeline=self.eval_pipeline,
         )
-        recompute_batchnorm(self.model, itertools.islice(loader, self.config.precise_bn))
+        recompute_batchnorm(self.eval_model, itertools.islice(loader, self.config.precise_bn))
 
     def monitored(self) -> tuple[str, int]:
         """The metric that picks the best epoch, and +1 where larger is better."""
@@ -310,20 +315,22 @@ class Trainer:
             "best": getattr(self, "best", None),
             "metrics": metrics.state() if metrics is not None else None,
             "clipped": clipped,
+            "average_updates": self.average.updates if self.average else 0,
         }
+
+    def extras(self) -> dict:
+        return {"ema": self.average.model} if self.average else {}
+
+    def save(self, path, state: dict, generators: dict | None = None) -> None:
+        save_checkpoint(
+            path, self.model, self.optimizer, self.scheduler, state, generators, self.extras()
+        )
 
     def interrupt(self, epoch: int, next_batch: int, metrics: RunningMetrics, clipped: int) -> None:
         generators = {}
         if self.train_loader.augment_generator is not None:
             generators["augment"] = self.train_loader.augment_generator.get_state()
-        save_checkpoint(
-            self.run.last,
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            self.state(epoch, next_batch, metrics, clipped),
-            generators,
-        )
+        self.save(self.run.last, self.state(epoch, next_batch, metrics, clipped), generators)
         name = signal.Signals(self.stop_signal).name
         raise Interrupted(
             f"{name}: stopped at epoch {epoch + 1}, step {next_batch}; checkpoint written to "
@@ -332,8 +339,12 @@ class Trainer:
         )
 
     def restore(self) -> dict:
-        checkpoint = load_checkpoint(self.run.last, self.model, self.optimizer, self.scheduler)
+        checkpoint = load_checkpoint(
+            self.run.last, self.model, self.optimizer, self.scheduler, self.extras()
+        )
         state = checkpoint.state
+        if self.average is not None:
+            self.average.updates = state.get("average_updates", 0)
         self.history = state["history"]
         if state.get("best"):
             self.best = state["best"]
@@ -370,7 +381,7 @@ class Trainer:
 
     def evaluate(self, data) -> Evaluation:
         return evaluate(
-            self.model,
+            self.eval_model,
             self.eval_batches(data),
             self.num_classes,
             self.device,

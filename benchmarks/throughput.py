@@ -1,0 +1,280 @@
+"""Benchmark: training throughput of cnnlab's trainer against a d2l-style loop (issue 5, table 1).
+
+For each classic model at d2l's Fashion-MNIST resolution, batch size and learning rate (the
+recipes in recipes/d2l/*.toml), training images/s of
+
+- cnnlab: the real trainer machinery (`Trainer.setup`, `InMemoryLoader.epoch_batches`,
+  `Trainer.step`, metrics accumulated on the device as in `Trainer.train_epoch`), at
+  `--precision` (fp32 or bf16);
+- reference: plain PyTorch written the way d2l's `train_ch6` works, always fp32: a `DataLoader`
+  over a Dataset that converts, resizes (`F.interpolate`, one sample at a time, where d2l uses
+  `transforms.Resize` + `ToTensor`) and normalises each sample; per batch forward, loss,
+  backward, SGD step, then `float()` of the loss and of the correct count (a host sync each).
+
+Both run in one process, alternating (cnnlab k steps, reference k steps, repeated) after a
+warm-up, with data loading included; the table gives the median images/s of each, their ratio,
+and the share of the machine's matmul ceiling (best fp32 `torch.mm` FLOP/s) that cnnlab's step
+reaches, counting 3 x 2 x MACs training FLOPs per image (MACs from `cnnlab.analysis.summarize`).
+
+Run: CNNLAB_DATA=../shared/data python benchmarks/throughput.py
+     [--models lenet alexnet ...] [--steps K] [--rounds R] [--precision fp32|bf16]
+     [--device auto|cpu|cuda] [--workers N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from cnnlab.analysis import summarize
+from cnnlab.models import create_model
+from cnnlab.train.config import TrainConfig, load_toml
+from cnnlab.train.metrics import RunningMetrics
+from cnnlab.train.setup import load_run_data
+from cnnlab.train.trainer import Trainer, resolve_device
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "d2l"
+ORDER = ("lenet", "lenet_bn", "alexnet", "vgg11", "nin", "googlenet", "resnet18", "densenet_d2l")
+ROUND_SECONDS = 1.0  # --steps auto: about this much of cnnlab's step time per round
+
+
+def recipes() -> dict[str, dict]:
+    """d2l's settings per model name, from recipes/d2l/*.toml."""
+    found = {}
+    for path in RECIPES.glob("*.toml"):
+        values = load_toml(path)
+        found[values["model"]] = values
+    return {name: found[name] for name in ORDER if name in found}
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    return (
+        f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
+    )
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
+    """Best FLOP/s of a large square `torch.mm` on `device`."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+class PerSampleImages(Dataset):
+    """d2l's `load_data_fashion_mnist(batch_size, resize)`: every sample converted on its own."""
+
+    def __init__(self, images, labels, size: int, mean, std):
+        self.images, self.labels, self.size = images, labels, size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        image = self.images[index].to(torch.float32).div(255.0)
+        if image.shape[-1] != self.size:
+            size = (self.size, self.size)
+            image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        return (image - self.mean) / self.std, int(self.labels[index])
+
+
+def forever(batches_of_epoch):
+    """The batches of epoch 0, 1, 2, ... in one stream."""
+    for epoch in itertools.count():
+        yield from batches_of_epoch(epoch)
+
+
+class Ours:
+    """cnnlab's trainer step path: the loop of `Trainer.train_epoch`, without progress bar."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer, device = trainer, trainer.device
+        trainer.model.train()
+        self.batches = forever(trainer.train_loader.epoch_batches)
+        self.metrics = RunningMetrics()
+        self.clipped = torch.zeros((), dtype=torch.int64, device=device)
+        self.counter = torch.zeros((), dtype=torch.int64, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def run(self, steps: int) -> int:
+        seen = 0
+        for images, labels in itertools.islice(self.batches, steps):
+            loss, logits = self.trainer.step(images, labels, self.clipped)
+            self.counter += 1
+            bad = ~torch.isfinite(loss)
+            self.first_bad = torch.where(bad & (self.first_bad < 0), self.counter, self.first_bad)
+            self.metrics.update(loss.detach() * len(labels), logits, labels)
+            seen += len(labels)
+        self.metrics.result()  # the host read the trainer does at the end of an epoch
+        if int(self.first_bad) >= 0:
+            raise RuntimeError(f"{self.trainer.config.model}: non-finite training loss")
+        return seen
+
+
+class Reference:
+    """d2l's `train_ch6`: DataLoader batches, fp32, `float()` of loss and accuracy per batch."""
+
+    def __init__(self, trainer: Trainer, workers: int):
+        config, data, self.device = trainer.config, trainer.data, trainer.device
+        dataset = PerSampleImages(
+            data.train.images, data.train.labels, config.resize, data.mean, data.std
+        )
+        loader = DataLoader(dataset, config.batch_size, shuffle=True, num_workers=workers)
+        self.batches = forever(lambda epoch: iter(loader))
+        self.model = create_model(
+            config.model,
+            num_classes=trainer.num_classes,
+            in_channels=dataset.mean.shape[0],
+            **config.model_options,
+        ).to(self.device)
+        self.model.load_state_dict(trainer.model.state_dict())  # the same starting weights
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr)
+        self.loss = nn.CrossEntropyLoss()
+        self.loss_sum = self.correct = 0.0
+
+    def run(self, steps: int) -> int:
+        self.model.train()
+        seen = 0
+        for images, labels in itertools.islice(self.batches, steps):
+            self.optimizer.zero_grad()
+            images, labels = images.to(self.device), labels.to(self.device)
+            logits = self.model(images)
+            loss = self.loss(logits, labels)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                self.loss_sum += float(loss) * len(labels)
+                self.correct += float((logits.argmax(dim=1) == labels).sum())
+            seen += len(labels)
+        return seen
+
+
+def images_per_second(loop, steps: int, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    seen = loop.run(steps)
+    sync(device)
+    return seen / (time.perf_counter() - start)
+
+
+def measure(name: str, recipe: dict, data, args, device: torch.device, ceiling: float) -> str:
+    config = TrainConfig(
+        model=name,
+        dataset="fashion-mnist",
+        batch_size=recipe["batch_size"],
+        resize=recipe["resize"],
+        lr=recipe["lr"],
+        model_options=dict(recipe.get("model_options", {})),
+        quiet=True,
+        precise_bn=0,
+        device=args.device,
+        precision=args.precision,
+    )
+    trainer = Trainer(config, data=data)
+    trainer.setup(create_run=False)
+    ours, reference = Ours(trainer), Reference(trainer, args.workers)
+    size, batch = trainer.config.resize, trainer.config.batch_size
+    ours.run(args.warmup)
+    reference.run(args.warmup)
+    steps = args.steps
+    if not steps:  # auto: rounds of about ROUND_SECONDS of our step
+        steps = max(2, round(ROUND_SECONDS * images_per_second(ours, 2, device) / batch))
+    ours_rates, reference_rates = [], []
+    for _ in range(args.rounds):
+        ours_rates.append(images_per_second(ours, steps, device))
+        reference_rates.append(images_per_second(reference, steps, device))
+    ours_rate, reference_rate = statistics.median(ours_rates), statistics.median(reference_rates)
+    with torch.device("meta"):
+        meta = create_model(name, num_classes=10, in_channels=1, **config.model_options)
+    macs = summarize(meta, (1, size, size)).total_macs
+    share = ours_rate * 3 * 2 * macs / ceiling
+    return (
+        f"| {name} | {size}x{size} | {batch} | {reference_rate:,.0f} | {ours_rate:,.0f} | "
+        f"{ours_rate / reference_rate:.2f}x | {share:.1%} |"
+    )
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=ORDER, default=list(ORDER))
+    parser.add_argument("--steps", type=int, default=0, help="steps per round (0: ~1 s rounds)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each loop first")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--workers", type=int, default=0, help="the reference's DataLoader workers")
+    parser.add_argument("--quick", action="store_true", help="lenet, lenet_bn; 2 steps, 2 rounds")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.steps, args.rounds, args.warmup = ["lenet", "lenet_bn"], 2, 2, 1
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if not os.environ.get("CNNLAB_DATA"):
+        sys.exit("set CNNLAB_DATA to the folder holding fashion-mnist/ (e.g. ../shared/data)")
+    device = resolve_device(args.device)
+    ceiling = matmul_ceiling(device, torch.float32)
+    command = shlex.join(["python", "benchmarks/throughput.py", *sys.argv[1:]])
+    print(f"- Command: `CNNLAB_DATA={os.environ['CNNLAB_DATA']} {command}`")
+    print(f"- Machine: {machine(device)}, device {device}")
+    print(f"- Date: {time.strftime('%Y-%m-%d')}")
+    print(f"- Precision: cnnlab {args.precision}, reference fp32")
+    print(
+        f"- Reference: DataLoader(shuffle=True, num_workers={args.workers}), per-sample "
+        "transforms, float(loss) and float(correct) every batch"
+    )
+    line = f"- Matmul ceiling: {ceiling / 1e9:,.1f} GFLOP/s (fp32 torch.mm, best of 5)"
+    if args.precision == "bf16":
+        line += f"; bf16: {matmul_ceiling(device, torch.bfloat16) / 1e9:,.1f} GFLOP/s"
+    print(line)
+    steps = args.steps or f"auto (~{ROUND_SECONDS:g} s)"
+    print(f"- Rounds: {args.rounds} of {steps} steps per loop, after {args.warmup} warm-up steps\n")
+    print(
+        "| model | input | batch | reference img/s | cnnlab img/s | ratio | % of matmul ceiling |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|", flush=True)
+    every = recipes()
+    data = load_run_data(TrainConfig(model=args.models[0]).resolved(), progress=False)
+    for name in args.models:
+        print(measure(name, every[name], data, args, device, ceiling), flush=True)
+
+
+if __name__ == "__main__":
+    main()
