@@ -5,11 +5,15 @@ recipes in recipes/d2l/*.toml), training images/s of
 
 - cnnlab: the real trainer machinery (`Trainer.setup`, `InMemoryLoader.epoch_batches`,
   `Trainer.step`, metrics accumulated on the device as in `Trainer.train_epoch`), at
-  `--precision` (fp32 or bf16);
+  `--precision` (fp32, bf16, or auto: the trainer's measured choice);
 - reference: plain PyTorch written the way d2l's `train_ch6` works, always fp32: a `DataLoader`
   over a Dataset that converts, resizes (`F.interpolate`, one sample at a time, where d2l uses
   `transforms.Resize` + `ToTensor`) and normalises each sample; per batch forward, loss,
   backward, SGD step, then `float()` of the loss and of the correct count (a host sync each).
+  `num_workers=0` by default: on the 2-core machine the step already keeps both cores busy and
+  a batch's per-sample transforms cost ~3 ms at 28x28 (~28 ms at 224x224, against seconds per
+  step); `--workers 4` is d2l's setting. With workers, the reference's DataLoader prefetches up
+  to 2 x workers batches while cnnlab's steps run (slowing those, and speeding its own round).
 
 Both run in one process, alternating (cnnlab k steps, reference k steps, repeated) after a
 warm-up, with data loading included; the table gives the median images/s of each, their ratio,
@@ -17,7 +21,7 @@ and the share of the machine's matmul ceiling (best fp32 `torch.mm` FLOP/s) that
 reaches, counting 3 x 2 x MACs training FLOPs per image (MACs from `cnnlab.analysis.summarize`).
 
 Run: CNNLAB_DATA=../shared/data python benchmarks/throughput.py
-     [--models lenet alexnet ...] [--steps K] [--rounds R] [--precision fp32|bf16]
+     [--models lenet alexnet ...] [--steps K] [--rounds R] [--precision fp32|bf16|auto]
      [--device auto|cpu|cuda] [--workers N] [--quick]
 """
 
@@ -80,7 +84,7 @@ def sync(device: torch.device) -> None:
 
 def matmul_ceiling(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
     """Best FLOP/s of a large square `torch.mm` on `device`."""
-    n = 8192 if device.type == "cuda" else 2048
+    n = 8192 if device.type == "cuda" else 4096
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     torch.mm(a, b)
@@ -192,7 +196,8 @@ def images_per_second(loop, steps: int, device: torch.device) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def measure(name: str, recipe: dict, data, args, device: torch.device, ceiling: float) -> str:
+def measure(name: str, recipe: dict, data, args, device: torch.device, ceiling: float):
+    """The table row of one model, and a note on the path the trainer chose."""
     config = TrainConfig(
         model=name,
         dataset="fashion-mnist",
@@ -205,7 +210,8 @@ def measure(name: str, recipe: dict, data, args, device: torch.device, ceiling: 
         device=args.device,
         precision=args.precision,
     )
-    trainer = Trainer(config, data=data)
+    said: list[str] = []  # what the trainer reports while setting up (its fast-path choice)
+    trainer = Trainer(config, echo=said.append, data=data)
     trainer.setup(create_run=False)
     ours, reference = Ours(trainer), Reference(trainer, args.workers)
     size, batch = trainer.config.resize, trainer.config.batch_size
@@ -223,25 +229,30 @@ def measure(name: str, recipe: dict, data, args, device: torch.device, ceiling: 
         meta = create_model(name, num_classes=10, in_channels=1, **config.model_options)
     macs = summarize(meta, (1, size, size)).total_macs
     share = ours_rate * 3 * 2 * macs / ceiling
-    return (
+    row = (
         f"| {name} | {size}x{size} | {batch} | {reference_rate:,.0f} | {ours_rate:,.0f} | "
         f"{ours_rate / reference_rate:.2f}x | {share:.1%} |"
     )
+    chosen = trainer.config
+    path = f"{chosen.precision}/{getattr(chosen, 'memory_format', 'contiguous')}"
+    return row, "; ".join([f"- {name}: cnnlab ran {path}, {steps} steps per round", *said])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", choices=ORDER, default=list(ORDER))
+    parser.add_argument("--models", nargs="+", choices=ORDER, help="default: all eight")
     parser.add_argument("--steps", type=int, default=0, help="steps per round (0: ~1 s rounds)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each loop first")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each loop first")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--workers", type=int, default=0, help="the reference's DataLoader workers")
     parser.add_argument("--quick", action="store_true", help="lenet, lenet_bn; 2 steps, 2 rounds")
     args = parser.parse_args(argv)
     if args.quick:
-        args.models, args.steps, args.rounds, args.warmup = ["lenet", "lenet_bn"], 2, 2, 1
+        args.models = args.models or ["lenet", "lenet_bn"]
+        args.steps, args.rounds, args.warmup = 2, 2, 2
+    args.models = args.models or list(ORDER)
     return args
 
 
@@ -261,8 +272,9 @@ def main(argv=None) -> None:
         "transforms, float(loss) and float(correct) every batch"
     )
     line = f"- Matmul ceiling: {ceiling / 1e9:,.1f} GFLOP/s (fp32 torch.mm, best of 5)"
-    if args.precision == "bf16":
-        line += f"; bf16: {matmul_ceiling(device, torch.bfloat16) / 1e9:,.1f} GFLOP/s"
+    if args.precision != "fp32":
+        bf16 = matmul_ceiling(device, torch.bfloat16)
+        line += f"; bf16: {bf16 / 1e9:,.1f} GFLOP/s (the % column is of the fp32 ceiling)"
     print(line)
     steps = args.steps or f"auto (~{ROUND_SECONDS:g} s)"
     print(f"- Rounds: {args.rounds} of {steps} steps per loop, after {args.warmup} warm-up steps\n")
@@ -272,8 +284,12 @@ def main(argv=None) -> None:
     print("|---|---|---:|---:|---:|---:|---:|", flush=True)
     every = recipes()
     data = load_run_data(TrainConfig(model=args.models[0]).resolved(), progress=False)
+    notes = []
     for name in args.models:
-        print(measure(name, every[name], data, args, device, ceiling), flush=True)
+        row, note = measure(name, every[name], data, args, device, ceiling)
+        print(row, flush=True)
+        notes.append(note)
+    print("", *notes, sep="\n")
 
 
 if __name__ == "__main__":

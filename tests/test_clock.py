@@ -13,6 +13,9 @@ def test_start_is_before_now_and_before_import():
 
 
 def test_a_fresh_process_counts_its_own_start_up():
-    code = "import time; time.sleep(0.5); from cnnlab.clock import seconds_since_start as s; print(s())"
+    code = (
+        "import time; time.sleep(0.5); "
+        "from cnnlab.clock import seconds_since_start as s; print(s())"
+    )
     elapsed = float(subprocess.check_output([sys.executable, "-c", code], text=True))
     assert 0.5 <= elapsed < 60

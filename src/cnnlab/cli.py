@@ -125,7 +125,8 @@ TRAIN_FLAGS = [  # (flag, type, help); each sets the TrainConfig field of the sa
     ("--augment", str, "comma list: crop, crop-reflect, flip, erase, erase-random, jitter"),
     ("--seed", int, "default 0"),
     ("--device", str, "auto, cpu, cuda (default auto)"),
-    ("--precision", str, "fp32, bf16, fp16 (default fp32)"),
+    ("--precision", str, "fp32, bf16, fp16, or auto: the fastest measured (default fp32)"),
+    ("--memory-format", str, "auto (the faster, measured), contiguous, channels_last"),
     ("--init-from", str, "start from a trained run's weights (new classifier)"),
     ("--freeze", str, "'features': train only the head (with --init-from)"),
 ]

@@ -11,6 +11,7 @@ from torch import nn
 from cnnlab.errors import CnnlabError
 from cnnlab.train import Interrupted, TrainConfig, Trainer
 from cnnlab.train.checkpoint import read_weights
+from cnnlab.train.config import load_toml
 from cnnlab.train.evaluate import evaluate
 
 
@@ -90,3 +91,39 @@ def test_weight_average_resumes_exactly(fake_data, tmp_path, monkeypatch):
     resumed, _ = read_weights(tmp_path / "resumed" / "model.safetensors")
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_fast_path_is_measured_and_recorded(fake_data, tmp_path):
+    lines = []
+    trainer = Trainer(config(fake_data, tmp_path / "run", precision="auto", epochs=1),
+                      echo=lines.append)  # fmt: skip
+    trainer.fit()
+    assert lines[0].startswith("fastest step: ") and "fp32/contiguous" in lines[0]
+    assert "bf16/channels_last" in lines[0]
+    saved = load_toml(tmp_path / "run" / "config.toml")
+    assert saved["precision"] in ("fp32", "bf16")
+    assert saved["memory_format"] in ("contiguous", "channels_last")
+    assert (saved["precision"], saved["memory_format"]) == (
+        trainer.config.precision,
+        trainer.config.memory_format,
+    )
+
+
+def test_deterministic_runs_never_measure(fake_data, tmp_path):
+    lines = []
+    settings = dict(precision="auto", epochs=1, deterministic=True)
+    trainer = Trainer(config(fake_data, tmp_path / "run", **settings), echo=lines.append)
+    trainer.fit()
+    assert not any(line.startswith("fastest step") for line in lines)
+    assert (trainer.config.precision, trainer.config.memory_format) == ("fp32", "contiguous")
+
+
+def test_channels_last_trains_like_contiguous(fake_data, tmp_path):
+    results = []
+    for memory_format in ("contiguous", "channels_last"):
+        run = tmp_path / memory_format
+        settings = dict(memory_format=memory_format, epochs=1, seed=3, lr=0.01)
+        Trainer(config(fake_data, run, **settings)).fit()
+        results.append(read_weights(run / "model.safetensors")[0])
+    for key, value in results[0].items():
+        torch.testing.assert_close(results[1][key], value, rtol=1e-3, atol=1e-3)

@@ -16,6 +16,7 @@ continues from it exactly (same weights as an uninterrupted run with `determinis
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import signal
@@ -35,6 +36,7 @@ from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.train.config import TrainConfig, config_from, load_toml
 from cnnlab.train.ema import WeightAverage
 from cnnlab.train.evaluate import Evaluation, autocast, evaluate
+from cnnlab.train.fast_path import candidates, choose
 from cnnlab.train.metrics import RunningMetrics
 from cnnlab.train.optim import build_optimizer, build_schedule, l1_penalty
 from cnnlab.train.progress import EpochBar
@@ -89,7 +91,6 @@ class Trainer:
         in_channels = self.data.train.image_size[0]
         self.num_classes = len(self.data.classes)
         self.model = build_model(config, self.num_classes, in_channels).to(self.device)
-        self.forward = torch.compile(self.model) if config.compile else self.model
         train_pipeline, self.eval_pipeline = pipelines(config, self.data)
         self.train_loader = InMemoryLoader(
             self.data.train.images,
@@ -99,6 +100,15 @@ class Trainer:
             device=self.device,
             pipeline=train_pipeline,
         )
+        weights = None
+        if config.class_weights:
+            weights = class_weights(self.data.train.labels, self.num_classes).to(self.device)
+        self.criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+        config = self.config = self.choose_fast_path()
+        self.channels_last = config.memory_format == "channels_last"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if config.compile else self.model
         self.optimizer = build_optimizer(
             self.model, config.optimizer, config.lr, config.momentum, config.weight_decay
         )
@@ -111,14 +121,29 @@ class Trainer:
         )
         self.average = WeightAverage(self.model, config.ema) if config.ema else None
         self.eval_model = self.average.model if self.average else self.model  # what is evaluated
-        weights = None
-        if config.class_weights:
-            weights = class_weights(self.data.train.labels, self.num_classes).to(self.device)
-        self.criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         if self.run is None and create_run:
             self.run = RunFolder.create(config)
             self.run.write_config(config)
+
+    def choose_fast_path(self) -> TrainConfig:
+        """The config with `precision` and `memory_format` settled: "auto" is replaced by the
+        fastest measured choice (see fast_path.py), on one real batch."""
+        config = self.config
+        options = candidates(
+            self.device, config.precision, config.memory_format, config.deterministic
+        )
+        if len(options) == 1:
+            precision, memory_format = options[0]
+            return dataclasses.replace(config, precision=precision, memory_format=memory_format)
+        images, labels = next(iter(self.train_loader.epoch_batches(0)))
+        with torch.random.fork_rng(devices=[]):  # the trial steps must not move the RNG
+            precision, memory_format, timings = choose(
+                self.model, images, labels, self.criterion, self.device, options
+            )
+        measured = ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in timings.items())
+        self.echo(f"fastest step: {precision}/{memory_format} (per step: {measured})")
+        return dataclasses.replace(config, precision=precision, memory_format=memory_format)
 
     def eval_batches(self, data):
         loader = InMemoryLoader(
@@ -201,6 +226,8 @@ class Trainer:
     def step(self, images, labels, clipped: torch.Tensor):
         config = self.config
         self.optimizer.zero_grad(set_to_none=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, config.precision):
             outputs = self.forward(images)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs
