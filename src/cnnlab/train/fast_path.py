@@ -13,6 +13,7 @@ Deterministic runs never measure: timing noise must not pick their arithmetic.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import statistics
 import time
@@ -86,3 +87,20 @@ def choose(
     best = min(timings, key=timings.get)
     precision, memory_format = best.split("/")
     return precision, memory_format, timings
+
+
+def settle(config, model, loader, criterion, device, echo):
+    """`config` with `precision` and `memory_format` settled: "auto" becomes the fastest
+    measured choice, timed on the loader's first batch without moving torch's RNG."""
+    options = candidates(device, config.precision, config.memory_format, config.deterministic)
+    if len(options) == 1:
+        precision, memory_format = options[0]
+    else:
+        images, labels = next(iter(loader.epoch_batches(0)))
+        with torch.random.fork_rng(devices=[]):
+            precision, memory_format, timings = choose(
+                model, images, labels, criterion, device, options
+            )
+        measured = ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in timings.items())
+        echo(f"fastest step: {precision}/{memory_format} (per step: {measured})")
+    return dataclasses.replace(config, precision=precision, memory_format=memory_format)

@@ -15,13 +15,10 @@ continues from it exactly (same weights as an uninterrupted run with `determinis
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import itertools
 import math
 import signal
 import sys
-import threading
 import time
 
 import torch
@@ -36,20 +33,13 @@ from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.train.config import TrainConfig, config_from, load_toml
 from cnnlab.train.ema import WeightAverage
 from cnnlab.train.evaluate import Evaluation, autocast, evaluate
-from cnnlab.train.fast_path import candidates, choose
+from cnnlab.train.fast_path import settle
 from cnnlab.train.metrics import RunningMetrics
 from cnnlab.train.optim import build_optimizer, build_schedule, l1_penalty
 from cnnlab.train.progress import EpochBar
 from cnnlab.train.run import RunFolder
 from cnnlab.train.setup import RunData, build_model, load_run_data, pipelines
-
-
-class Interrupted(CnnlabError):
-    """Training stopped by a signal after writing a checkpoint; `exit_code` is 128 + signal."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
+from cnnlab.train.stopping import Interrupted, catch_stop_signals
 
 
 class Trainer:
@@ -104,7 +94,9 @@ class Trainer:
         if config.class_weights:
             weights = class_weights(self.data.train.labels, self.num_classes).to(self.device)
         self.criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
-        config = self.config = self.choose_fast_path()
+        config = self.config = settle(
+            config, self.model, self.train_loader, self.criterion, self.device, self.echo
+        )
         self.channels_last = config.memory_format == "channels_last"
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -126,25 +118,6 @@ class Trainer:
             self.run = RunFolder.create(config)
             self.run.write_config(config)
 
-    def choose_fast_path(self) -> TrainConfig:
-        """The config with `precision` and `memory_format` settled: "auto" is replaced by the
-        fastest measured choice (see fast_path.py), on one real batch."""
-        config = self.config
-        options = candidates(
-            self.device, config.precision, config.memory_format, config.deterministic
-        )
-        if len(options) == 1:
-            precision, memory_format = options[0]
-            return dataclasses.replace(config, precision=precision, memory_format=memory_format)
-        images, labels = next(iter(self.train_loader.epoch_batches(0)))
-        with torch.random.fork_rng(devices=[]):  # the trial steps must not move the RNG
-            precision, memory_format, timings = choose(
-                self.model, images, labels, self.criterion, self.device, options
-            )
-        measured = ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in timings.items())
-        self.echo(f"fastest step: {precision}/{memory_format} (per step: {measured})")
-        return dataclasses.replace(config, precision=precision, memory_format=memory_format)
-
     def eval_batches(self, data):
         loader = InMemoryLoader(
             data.images,
@@ -162,7 +135,7 @@ class Trainer:
         """Train for the configured epochs (or until early stopping); return the history."""
         self.setup()
         position = self.restore() if self.resuming else {"epoch": 0, "next_batch": 0}
-        with self.signals():
+        with catch_stop_signals(self.ask_to_stop):
             for epoch in range(position["epoch"], self.config.epochs):
                 record = self.train_epoch(epoch, position.get("next_batch", 0), position)
                 position = {"epoch": epoch + 1, "next_batch": 0}
@@ -385,24 +358,10 @@ class Trainer:
         )
         return position
 
-    @contextlib.contextmanager
-    def signals(self):
-        """SIGINT and SIGTERM ask the loop to checkpoint after the current step and stop."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def ask_to_stop(signum, frame):
-            if self.stop_signal is None:
-                print("\nstopping after this step, writing a checkpoint...", file=sys.stderr)
-            self.stop_signal = signum
-
-        previous = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+    def ask_to_stop(self, signum: int) -> None:
+        if self.stop_signal is None:
+            print("\nstopping after this step, writing a checkpoint...", file=sys.stderr)
+        self.stop_signal = signum
 
     # ---- the end ----------------------------------------------------------------------------
 

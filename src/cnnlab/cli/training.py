@@ -1,102 +1,12 @@
-"""The `cnnlab` command line: parse, call the library, print."""
+"""Commands that train and use trained models: train, eval, predict, lr-find, cv, reproduce."""
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
-import sys
 
-from cnnlab import __version__
+from cnnlab.cli.args import parse_options, positive_int
 from cnnlab.errors import CnnlabError
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    try:
-        return args.handler(args)
-    except CnnlabError as error:
-        # An interrupted run carries its exit code (130, 143): a stop, not an error.
-        label = "" if hasattr(error, "exit_code") else "error: "
-        print(f"cnnlab {args.command}: {label}{error}", file=sys.stderr)
-        return getattr(error, "exit_code", 2)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cnnlab",
-        description="Train, dissect and understand the classic convolutional networks.",
-    )
-    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    summary = commands.add_parser(
-        "summary",
-        help="layer-by-layer shapes, parameters, MACs and receptive fields of a model",
-        description="One row per layer: output shape, parameters, multiply-accumulates (MACs), "
-        "receptive field and jump; then totals. Runs on the meta device: no weights allocated.",
-    )
-    summary.add_argument("model", help="a model name (see `cnnlab zoo`)")
-    summary.add_argument(
-        "--input",
-        type=parse_input_size,
-        metavar="CxHxW",
-        help="input size, e.g. 1x28x28 (default: the model's design input)",
-    )
-    summary.add_argument("--num-classes", type=int, default=1000, metavar="N")
-    summary.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="OPTION=VALUE",
-        dest="options",
-        help="a model build option, e.g. --set width_multiplier=0.25 (repeatable)",
-    )
-    summary.add_argument(
-        "--fully-conv",
-        action="store_true",
-        help="replace the FC head by equivalent convolutions (AlexNet, VGG, LeNet) first",
-    )
-    summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    summary.set_defaults(handler=run_summary)
-
-    zoo = commands.add_parser(
-        "zoo",
-        help="every model with parameters, MACs, year and paper",
-        description="Every registered model, with parameters and MACs at its default input.",
-    )
-    zoo.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'resnet*'")
-    zoo.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    zoo.set_defaults(handler=run_zoo)
-
-    add_train_parser(commands)
-    add_after_training_parsers(commands)
-
-    data = commands.add_parser("data", help="inspect datasets", description="Inspect datasets.")
-    data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
-    info = data_commands.add_parser(
-        "info",
-        help="counts per class, mean/std per channel, image size, and a grid of samples",
-        description="Counts per class, mean/std per channel, image size; --grid writes a PNG "
-        "with sample images of every class.",
-    )
-    info.add_argument(
-        "dataset", help="fashion-mnist, mnist, kmnist, cifar10, cifar100, or a folder"
-    )
-    info.add_argument(
-        "--split", help="train (default), test; for a folder: its train/val/test subfolder"
-    )
-    add_data_dir(info)
-    info.add_argument("--grid", metavar="OUT.png", help="write a PNG grid of samples per class")
-    info.add_argument("--per-class", type=positive_int, default=8, metavar="N", help="grid columns")
-    info.add_argument("--json", action="store_true", help="print JSON instead of text")
-    info.set_defaults(handler=run_data_info)
-    return parser
-
 
 TRAIN_FLAGS = [  # (flag, type, help); each sets the TrainConfig field of the same name
     ("--model", str, "zoo model (default lenet_bn)"),
@@ -137,6 +47,11 @@ TRAIN_SWITCHES = [
     ("--compile", "torch.compile the model"),
     ("--quiet", "no progress bar: one line per epoch"),
 ]
+
+
+def add_parsers(commands) -> None:
+    add_train_parser(commands)
+    add_after_training_parsers(commands)
 
 
 def add_train_parser(commands) -> None:
@@ -238,94 +153,6 @@ def add_after_training_parsers(commands) -> None:
     reproduce.add_argument("--device", help="auto, cpu, cuda")
     reproduce.add_argument("--quiet", action="store_true", help="one line per epoch")
     reproduce.set_defaults(handler=run_reproduce)
-
-
-def add_data_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="where datasets live (default: $CNNLAB_DATA, else ~/.cache/cnnlab/data)",
-    )
-    parser.add_argument(
-        "--no-download", action="store_true", help="fail instead of downloading missing files"
-    )
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def parse_input_size(text: str) -> tuple[int, int, int]:
-    parts = text.lower().split("x")
-    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(
-            f"expected CxHxW with three positive integers, e.g. 3x224x224; got {text!r}"
-        )
-    return tuple(int(p) for p in parts)
-
-
-def parse_options(pairs: list[str]) -> dict[str, object]:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CnnlabError(f"--set expects OPTION=VALUE, got {pair!r}")
-        try:
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key] = value
-    return options
-
-
-def run_summary(args: argparse.Namespace) -> int:
-    import torch
-
-    from cnnlab.analysis import format_summary, summarize, to_fully_convolutional
-    from cnnlab.models import create_model
-
-    channels = args.input[0] if args.input else 3
-    with torch.device("meta"):
-        model = create_model(
-            args.model,
-            num_classes=args.num_classes,
-            in_channels=channels,
-            **parse_options(args.options),
-        )
-    if args.fully_conv:
-        model = to_fully_convolutional(model)
-    input_size = args.input or model.default_cfg.input_size
-    result = summarize(model, input_size)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else format_summary(result))
-    return 0
-
-
-def run_zoo(args: argparse.Namespace) -> int:
-    from cnnlab.analysis.zoo import format_zoo, zoo_entries
-
-    entries = zoo_entries(args.pattern)
-    if not entries:
-        raise CnnlabError(f"no model matches {args.pattern!r}; `cnnlab zoo` lists them all")
-    if args.json:
-        print(json.dumps([e.to_dict() for e in entries], indent=2))
-    else:
-        print(format_zoo(entries))
-    return 0
-
-
-def run_data_info(args: argparse.Namespace) -> int:
-    from cnnlab.data import load_dataset
-    from cnnlab.data.info import dataset_info, format_info, save_grid
-
-    data = load_dataset(args.dataset, args.split, root=args.data_dir, download=not args.no_download)
-    info = dataset_info(data)
-    print(json.dumps(info, indent=2) if args.json else format_info(info))
-    if args.grid:
-        save_grid(data, args.grid, per_class=args.per_class)
-        if not args.json:
-            print(f"grid of samples written to {args.grid}")
-    return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
