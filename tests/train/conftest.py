@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -40,3 +41,14 @@ def fake_data(tmp_path) -> Path:
 def shared_data(tmp_path_factory) -> Path:
     """The same fake Fashion-MNIST, written once for a whole test module."""
     return write_fake_fashion_mnist(tmp_path_factory.mktemp("shared") / "data")
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_global_flags():
+    """One thread (steadier timing on a busy 2-core machine); the process-wide settings a
+    deterministic run changes are put back."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)

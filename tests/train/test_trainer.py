@@ -1,146 +1,37 @@
-"""The trainer end to end on a tiny fake Fashion-MNIST: the run folder, exact resume, signals,
-non-finite losses, early stopping, train/eval modes, auxiliary losses, regularisers, transfer
-learning and the `cnnlab train` command line."""
+"""The trainer end to end on a tiny fake Fashion-MNIST: the run folder, train/eval modes,
+auxiliary losses, regularisers, transfer learning and the `cnnlab train` command line."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from trainer_helpers import (
+    EPOCH_KEYS,
+    after_setup,
+    assert_same_tensors,
+    checkpoint_weights,
+    make_config,
+    read_metrics,
+    record_losses,
+    state_copy,
+    train,
+    weights,
+)
 
 from cnnlab.cli import main
 from cnnlab.data.splits import class_weights
-from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
-from cnnlab.train.checkpoint import load_checkpoint, load_model, read_weights
-from cnnlab.train.config import TrainConfig, config_from, load_toml
+from cnnlab.train.checkpoint import load_model
+from cnnlab.train.config import config_from, load_toml
 from cnnlab.train.evaluate import evaluate
 from cnnlab.train.optim import l1_penalty
 from cnnlab.train.setup import RunData, load_run_data
-from cnnlab.train.trainer import Interrupted, Trainer
-
-TIMING_KEYS = ("seconds", "images_per_s")
-EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc", "lr", *TIMING_KEYS}
-
-
-@pytest.fixture(autouse=True)
-def one_thread_and_global_flags():
-    """One thread (steadier timing on a busy 2-core machine); the process-wide settings a
-    deterministic run changes are put back."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
-
-
-def make_config(data_root, out, **overrides) -> TrainConfig:
-    values = dict(
-        model="lenet",
-        data_dir=str(data_root),
-        out=str(out),
-        epochs=1,
-        batch_size=16,
-        lr=0.1,
-        device="cpu",
-        quiet=True,
-    )
-    return TrainConfig(**{**values, **overrides})
-
-
-def train(config: TrainConfig, on_setup=None) -> tuple[Trainer, list[str]]:
-    """Fit a trainer, calling `on_setup(trainer)` once it is set up; the trainer and the lines
-    it echoed after the report of the fast-path measurement (tested in test_speed_features)."""
-    lines: list[str] = []
-    trainer = Trainer(config, echo=lines.append)
-    if on_setup is not None:
-        after_setup(trainer, on_setup)
-    trainer.fit()
-    return trainer, [line for line in lines if not line.startswith("fastest step:")]
-
-
-def after_setup(trainer: Trainer, action) -> None:
-    """Call `action(trainer)` right after fit() has built the model, loaders and loss."""
-    setup = trainer.setup
-
-    def patched(*args, **kwargs):
-        setup(*args, **kwargs)
-        action(trainer)
-
-    trainer.setup = patched
-
-
-def stop_after(trainer: Trainer, steps: int, signum: int = signal.SIGINT) -> None:
-    """Act as if `signum` arrived during training step number `steps` (counted over epochs)."""
-    step, done = trainer.step, [0]
-
-    def counting(*args):
-        result = step(*args)
-        done[0] += 1
-        if done[0] == steps:
-            trainer.stop_signal = signum
-        return result
-
-    trainer.step = counting
-
-
-def record_losses(trainer: Trainer) -> list[float]:
-    """The criterion's results, one per call, recorded from the moment the trainer is set up."""
-    calls: list[float] = []
-
-    def wrap(trainer):
-        criterion = trainer.criterion
-
-        def recording(logits, labels):
-            loss = criterion(logits, labels)
-            calls.append(loss.detach().clone())
-            return loss
-
-        trainer.criterion = recording
-
-    after_setup(trainer, wrap)
-    return calls
-
-
-def read_metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_timing(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in records]
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return read_weights(path)[0]
-
-
-def checkpoint_weights(path: Path, model: str = "lenet", **options) -> dict[str, torch.Tensor]:
-    fresh = create_model(model, num_classes=10, in_channels=1, **options)
-    load_checkpoint(path, fresh)
-    return {k: v.clone() for k, v in fresh.state_dict().items()}
-
-
-def assert_same_tensors(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
-def state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-# ---- the run folder ----------------------------------------------------------------------------
+from cnnlab.train.trainer import Trainer
 
 
 def test_run_folder_holds_everything(fake_data, tmp_path):
@@ -181,185 +72,6 @@ def test_run_folder_holds_everything(fake_data, tmp_path):
     assert f"accuracy {evaluation['acc']:.4f}" in summary
     assert lines[0].startswith("epoch 1/2") and lines[1].startswith("epoch 2/2")
     assert lines[-1] == f"test accuracy {evaluation['acc']:.4f}; run folder: {run}"
-
-
-# ---- resume equals uninterrupted ----------------------------------------------------------------
-
-# dropout, BatchNorm, random crops and flips, momentum, a cosine schedule and clipping: every
-# piece of state a resume has to bring back
-RESUMABLE = dict(
-    model="densenet_d2l",
-    model_options={"growth_rate": 4, "convs_per_block": 1, "drop_rate": 0.2},
-    resize=32,
-    augment="crop,flip",
-    label_smoothing=0.1,
-    val_split=0.2,
-    epochs=2,
-    optimizer="momentum",
-    schedule="cosine",
-    clip_grad_norm=1.0,
-    deterministic=True,
-)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(shared_data, tmp_path_factory) -> tuple[Path, int]:
-    """A run of RESUMABLE straight through; its folder and steps per epoch."""
-    run = tmp_path_factory.mktemp("straight") / "run"
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)  # as in the tests that resume, so the arithmetic is the same
-    try:
-        trainer, _ = train(make_config(shared_data, run, **RESUMABLE))
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
-    return run, len(trainer.train_loader)
-
-
-@pytest.mark.parametrize("stop", ["mid-epoch-1", "last-step-of-epoch-1", "mid-epoch-2", "crash"])
-def test_resume_equals_uninterrupted(stop, uninterrupted, shared_data, tmp_path):
-    straight, steps = uninterrupted
-    run = tmp_path / "run"
-    first = Trainer(make_config(shared_data, run, **RESUMABLE), echo=lambda line: None)
-    if stop == "crash":  # killed outright right after epoch 1's checkpoint was written
-
-        def crash(line):
-            raise RuntimeError("killed")
-
-        first.echo = crash
-        with pytest.raises(RuntimeError, match="killed"):
-            first.fit()
-    else:
-        at = {"mid-epoch-1": 2, "last-step-of-epoch-1": steps, "mid-epoch-2": steps + 3}[stop]
-        stop_after(first, at)
-        with pytest.raises(Interrupted) as stopped:
-            first.fit()
-        epoch, step = divmod(at - 1, steps)
-        assert stopped.value.exit_code == 130
-        assert f"epoch {epoch + 1}, step {step + 1}" in str(stopped.value)
-        assert f"--resume {run}" in str(stopped.value)
-    assert not (run / "model.safetensors").exists()
-
-    lines: list[str] = []
-    Trainer.resume(run, echo=lines.append).fit()
-    assert lines[0].startswith(f"resuming {run} at epoch")
-    assert_same_tensors(weights(run / "model.safetensors"), weights(straight / "model.safetensors"))
-    assert without_timing(read_metrics(run)) == without_timing(read_metrics(straight))
-    evaluation = json.loads((run / "evaluation.json").read_text())
-    assert evaluation == json.loads((straight / "evaluation.json").read_text())
-
-
-# ---- signals to a real process ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_checkpoints_and_resume_completes(signum, shared_data, tmp_path):
-    run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "cnnlab", "train"]
-    flags = ["--model", "lenet", "--epochs", "15", "--batch-size", "2", "--lr", "0.05"]
-    flags += ["--data-dir", str(shared_data), "--out", str(run), "--device", "cpu", "--quiet"]
-    process = subprocess.Popen(
-        command + flags, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not (run / "metrics.jsonl").exists() and process.poll() is None:
-            assert time.monotonic() < deadline, "no epoch finished within 60 s"
-            time.sleep(0.02)
-        process.send_signal(signum)
-        _out, err = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 128 + signum, err
-    assert "stopping after this step" in err and f"--resume {run}" in err
-    assert err.strip().splitlines()[-1].startswith(f"cnnlab train: {signum.name}: stopped")
-    assert not (run / "model.safetensors").exists()
-    checkpoint_weights(run / "checkpoints" / "last.safetensors")
-
-    resumed = subprocess.run(
-        [*command, "--resume", str(run)], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.splitlines()[-1].endswith(f"run folder: {run}")
-    assert [r["epoch"] for r in read_metrics(run)] == list(range(1, 16))
-    load_model(run / "model.safetensors")
-
-
-# ---- stopping -----------------------------------------------------------------------------------
-
-
-def test_non_finite_loss_stops_naming_epoch_and_step(fake_data, tmp_path):
-    config = make_config(fake_data, tmp_path / "run", epochs=2)  # 8 steps per epoch
-    trainer = Trainer(config, echo=lambda line: None)
-
-    def poison(trainer):
-        criterion, calls = trainer.criterion, [0]
-
-        def criterion_turning_nan(logits, labels):
-            calls[0] += 1
-            loss = criterion(logits, labels)
-            return loss * math.nan if calls[0] >= 11 else loss
-
-        trainer.criterion = criterion_turning_nan
-
-    after_setup(trainer, poison)
-    with pytest.raises(CnnlabError, match=r"NaN or infinite at epoch 2, step 3") as error:
-        trainer.fit()
-    last = tmp_path / "run" / "checkpoints" / "last.safetensors"
-    assert str(last) in str(error.value)
-    assert all(torch.isfinite(v).all() for v in checkpoint_weights(last).values())
-    assert len(read_metrics(tmp_path / "run")) == 1
-    assert not (tmp_path / "run" / "model.safetensors").exists()
-
-
-def test_diverging_first_epoch_has_no_checkpoint_to_keep(fake_data, tmp_path):
-    config = make_config(fake_data, tmp_path / "run", lr=1e38)
-    with pytest.raises(CnnlabError, match=r"epoch 1, step \d+.*no epoch finished"):
-        train(config)
-    assert not (tmp_path / "run" / "checkpoints" / "last.safetensors").exists()
-    assert not (tmp_path / "run" / "model.safetensors").exists()
-
-
-def test_early_stopping_restores_the_best_weights(fake_data, tmp_path):
-    """Validation losses 1.0, 0.5, 0.7, 0.9 with patience 2: stop after epoch 4, keep epoch 2."""
-    run = tmp_path / "run"
-    config = make_config(fake_data, run, epochs=6, val_split=0.2, early_stopping=2)
-    scripted = [1.0, 0.5, 0.7, 0.9, 1.1, 1.3]
-
-    def script_val_losses(trainer):
-        evaluate_ = trainer.evaluate
-
-        def scripted_evaluate(data):
-            result = evaluate_(data)
-            if data is trainer.data.val:
-                result.loss = scripted.pop(0)
-            return result
-
-        trainer.evaluate = scripted_evaluate
-
-    _trainer, lines = train(config, script_val_losses)
-    assert [r["val_loss"] for r in read_metrics(run)] == [1.0, 0.5, 0.7, 0.9]
-    assert any(line.startswith("early stopping") for line in lines)
-    assert "epochs run: 4 of 6" in (run / "summary.txt").read_text()
-    final = weights(run / "model.safetensors")
-    assert_same_tensors(final, checkpoint_weights(run / "checkpoints" / "best.safetensors"))
-    last = checkpoint_weights(run / "checkpoints" / "last.safetensors")
-    assert not torch.equal(final["fc.weight"], last["fc.weight"])
-
-
-def test_early_stopping_when_nothing_can_improve(fake_data, tmp_path):
-    # a learning rate too small to move any weight: the validation loss stays flat
-    config = make_config(
-        fake_data, tmp_path / "run", epochs=5, lr=1e-30, val_split=0.2, early_stopping=1
-    )
-    _trainer, lines = train(config)
-    records = read_metrics(tmp_path / "run")
-    assert len(records) == 2 and records[0]["val_loss"] == records[1]["val_loss"]
-    assert any(line.startswith("early stopping: no better val_loss") for line in lines)
-
-
-# ---- train and eval modes -----------------------------------------------------------------------
 
 
 def test_training_steps_train_and_evaluation_evals(fake_data, tmp_path):
