@@ -17,8 +17,9 @@ recipes in recipes/d2l/*.toml), training images/s of
 
 Both run in one process, alternating (cnnlab k steps, reference k steps, repeated) after a
 warm-up, with data loading included; the table gives the median images/s of each, their ratio,
-and the share of the machine's matmul ceiling (best fp32 `torch.mm` FLOP/s) that cnnlab's step
-reaches, counting 3 x 2 x MACs training FLOPs per image (MACs from `cnnlab.analysis.summarize`).
+and the share of the machine's compute ceiling (the best measured FLOP/s of GEMMs and 3x3
+convolutions, in the precision cnnlab's step ran in) that cnnlab's step reaches, counting
+3 x 2 x MACs training FLOPs per image (MACs from `cnnlab.analysis.summarize`).
 
 Run: CNNLAB_DATA=../shared/data python benchmarks/throughput.py
      [--models lenet alexnet ...] [--steps K] [--rounds R] [--precision fp32|bf16|auto]
@@ -82,20 +83,36 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_ceiling(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
-    """Best FLOP/s of a large square `torch.mm` on `device`."""
-    n = 8192 if device.type == "cuda" else 4096
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    torch.mm(a, b)
+def best_seconds(run, device: torch.device, repeats: int) -> float:
+    run()
     best = float("inf")
     for _ in range(repeats):
         sync(device)
         start = time.perf_counter()
-        torch.mm(a, b)
+        run()
         sync(device)
         best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    return best
+
+
+def compute_ceiling(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
+    """The machine's best measured FLOP/s in `dtype`: the fastest of square `torch.mm`s and of
+    3x3 convolutions (channels-last, the shapes of VGG/ResNet stages), best of `repeats` each.
+    A single large GEMM is not the ceiling: oneDNN's convolutions beat it on some CPUs."""
+    rates = []
+    for n in (1024, 2048, 4096):
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        seconds = best_seconds(lambda a=a, b=b: torch.mm(a, b), device, repeats)
+        rates.append(2 * n**3 / seconds)
+    for batch, channels, side in ((32, 64, 56), (32, 128, 28), (64, 256, 14)):
+        x = torch.randn(batch, channels, side, side, device=device).to(dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
+        w = torch.randn(channels, channels, 3, 3, device=device).to(dtype)
+        w = w.contiguous(memory_format=torch.channels_last)
+        seconds = best_seconds(lambda x=x, w=w: F.conv2d(x, w, padding=1), device, repeats)
+        rates.append(2 * batch * side * side * channels * channels * 9 / seconds)
+    return max(rates)
 
 
 class PerSampleImages(Dataset):
@@ -196,7 +213,7 @@ def images_per_second(loop, steps: int, device: torch.device) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def measure(name: str, recipe: dict, data, args, device: torch.device, ceiling: float):
+def measure(name: str, recipe: dict, data, args, device: torch.device, ceilings: dict):
     """The table row of one model, and a note on the path the trainer chose."""
     config = TrainConfig(
         model=name,
@@ -228,7 +245,7 @@ def measure(name: str, recipe: dict, data, args, device: torch.device, ceiling: 
     with torch.device("meta"):
         meta = create_model(name, num_classes=10, in_channels=1, **config.model_options)
     macs = summarize(meta, (1, size, size)).total_macs
-    share = ours_rate * 3 * 2 * macs / ceiling
+    share = ours_rate * 3 * 2 * macs / ceilings[trainer.config.precision]
     row = (
         f"| {name} | {size}x{size} | {batch} | {reference_rate:,.0f} | {ours_rate:,.0f} | "
         f"{ours_rate / reference_rate:.2f}x | {share:.1%} |"
@@ -261,7 +278,11 @@ def main(argv=None) -> None:
     if not os.environ.get("CNNLAB_DATA"):
         sys.exit("set CNNLAB_DATA to the folder holding fashion-mnist/ (e.g. ../shared/data)")
     device = resolve_device(args.device)
-    ceiling = matmul_ceiling(device, torch.float32)
+    ceilings = {"fp32": compute_ceiling(device, torch.float32)}
+    if args.precision != "fp32":
+        ceilings["bf16"] = compute_ceiling(device, torch.bfloat16)
+        if device.type == "cuda":
+            ceilings["fp16"] = compute_ceiling(device, torch.float16)
     command = shlex.join(["python", "benchmarks/throughput.py", *sys.argv[1:]])
     print(f"- Command: `CNNLAB_DATA={os.environ['CNNLAB_DATA']} {command}`")
     print(f"- Machine: {machine(device)}, device {device}")
@@ -271,22 +292,20 @@ def main(argv=None) -> None:
         f"- Reference: DataLoader(shuffle=True, num_workers={args.workers}), per-sample "
         "transforms, float(loss) and float(correct) every batch"
     )
-    line = f"- Matmul ceiling: {ceiling / 1e9:,.1f} GFLOP/s (fp32 torch.mm, best of 5)"
-    if args.precision != "fp32":
-        bf16 = matmul_ceiling(device, torch.bfloat16)
-        line += f"; bf16: {bf16 / 1e9:,.1f} GFLOP/s (the % column is of the fp32 ceiling)"
-    print(line)
+    measured = ", ".join(f"{p} {c / 1e9:,.0f} GFLOP/s" for p, c in ceilings.items())
+    print(
+        f"- Compute ceiling (fastest of torch.mm 1024-4096 and 3x3 convs, best of 5): {measured};"
+        " the % column is of the ceiling of the precision cnnlab's step ran in"
+    )
     steps = args.steps or f"auto (~{ROUND_SECONDS:g} s)"
     print(f"- Rounds: {args.rounds} of {steps} steps per loop, after {args.warmup} warm-up steps\n")
-    print(
-        "| model | input | batch | reference img/s | cnnlab img/s | ratio | % of matmul ceiling |"
-    )
+    print("| model | input | batch | reference img/s | cnnlab img/s | ratio | % of ceiling |")
     print("|---|---|---:|---:|---:|---:|---:|", flush=True)
     every = recipes()
     data = load_run_data(TrainConfig(model=args.models[0]).resolved(), progress=False)
     notes = []
     for name in args.models:
-        row, note = measure(name, every[name], data, args, device, ceiling)
+        row, note = measure(name, every[name], data, args, device, ceilings)
         print(row, flush=True)
         notes.append(note)
     print("", *notes, sep="\n")

@@ -47,6 +47,7 @@ EXPECTED = {
     "nin",
     "inception_v2",
     "densenet_d2l",
+    "fastnet",
     *(f"preact_resnet{depth}" for depth in (18, 34, 50, 101, 152)),
 }
 

@@ -9,6 +9,7 @@ from cnnlab.cli.args import parse_options, positive_int
 from cnnlab.errors import CnnlabError
 
 TRAIN_FLAGS = [  # (flag, type, help); each sets the TrainConfig field of the same name
+    ("--recipe", str, "start from a named recipe: fast (= fast-92), fast-90 ... fast-94"),
     ("--model", str, "zoo model (default lenet_bn)"),
     ("--dataset", str, "dataset name or image folder (default fashion-mnist)"),
     ("--out", str, "run folder (default runs/<model>-<dataset>-<timestamp>)"),
@@ -37,6 +38,7 @@ TRAIN_FLAGS = [  # (flag, type, help); each sets the TrainConfig field of the sa
     ("--device", str, "auto, cpu, cuda (default auto)"),
     ("--precision", str, "fp32, bf16, fp16, or auto: the fastest measured (default fp32)"),
     ("--memory-format", str, "auto (the faster, measured), contiguous, channels_last"),
+    ("--threads", int, "CPU threads (default: torch's, one per physical core)"),
     ("--init-from", str, "start from a trained run's weights (new classifier)"),
     ("--freeze", str, "'features': train only the head (with --init-from)"),
 ]

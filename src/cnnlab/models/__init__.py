@@ -3,6 +3,7 @@
 from cnnlab.models import (  # noqa: F401  (importing a family registers its builders)
     alexnet,
     densenet,
+    fastnet,
     googlenet,
     inception_resnet,
     inception_v2,

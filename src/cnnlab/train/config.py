@@ -48,6 +48,7 @@ FAMILY_DEFAULTS = (
     ("preact_resnet", (96, 256, 0.05)),
     ("resnext", (96, 128, 0.05)),
     ("densenet", (96, 256, 0.1)),
+    ("fastnet", (28, 512, 0.2)),  # not in d2l: the fast recipes' network (train/recipes.py)
 )
 
 
@@ -86,9 +87,11 @@ class TrainConfig:
     precision: str = "fp32"  # "auto": the faster of fp32 and bf16 (fp16 too on GPUs), measured
     memory_format: str = "auto"  # "auto": contiguous or channels_last, whichever steps faster
     compile: bool = False
+    threads: int | None = None  # CPU threads for the math; None: torch's default, one per core
     quiet: bool = False
     init_from: str | None = None
     freeze: str | None = None  # "features": train only the head
+    recipe: str | None = None  # the named recipe the settings started from (train/recipes.py)
 
     def resolved(self) -> TrainConfig:
         """A copy with every model-dependent default filled in, validated."""
@@ -107,7 +110,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in choices:
                 raise CnnlabError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "resize": self.resize}
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "resize": self.resize,
+            "threads": self.threads,
+        }
         for name, value in positive.items():
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise CnnlabError(f"{name} must be a positive integer, got {value!r}")
@@ -181,6 +189,14 @@ def load_toml(path: str | Path) -> dict:
 
 
 def config_from(values: dict) -> TrainConfig:
+    """A TrainConfig from settings; with `recipe` (and no `recipe` already applied in them),
+    the recipe's settings for the dataset come first and `values` override them."""
+    if values.get("recipe") is not None:
+        from cnnlab.train.recipes import recipe_settings
+
+        base = recipe_settings(values["recipe"], values.get("dataset", "fashion-mnist"))
+        options = {**base.pop("model_options"), **values.get("model_options", {})}
+        values = {**base, **values, "model_options": options, "recipe": base["recipe"]}
     try:
         return TrainConfig(**values)
     except TypeError as error:

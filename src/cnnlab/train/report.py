@@ -62,7 +62,13 @@ def write_final_report(trainer, final_set, evaluation) -> None:
             f"  {name.ljust(width)}  {acc:.4f}"
             for name, acc in zip(classes, evaluation.per_class.tolist(), strict=True)
         ]
+    timeline = ", ".join(
+        f"{stage.replace('_', ' ')} {t:.1f} s" for stage, t in trainer.timeline.items()
+    )
+    lines.append(f"seconds from process start: {timeline}")
     run.write_text("summary.txt", "\n".join(lines) + "\n")
+    trainer.mark("report_written")
+    run.write_json("timeline.json", trainer.timeline)
     for line in lines[4:]:
         trainer.echo(line)
     if evaluation is not None:

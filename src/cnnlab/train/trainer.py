@@ -15,6 +15,7 @@ continues from it exactly (same weights as an uninterrupted run with `determinis
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import signal
@@ -57,6 +58,7 @@ class Trainer:
         self.data = data
         self.resuming = run is not None
         self.history: list[dict] = []
+        self.timeline: dict[str, float] = {}  # seconds from process start at each stage
         self.stop_signal: int | None = None
 
     @classmethod
@@ -72,12 +74,21 @@ class Trainer:
         """Data, model, loaders, optimiser, schedule and loss; and the run folder, unless
         `create_run` is False (the learning-rate finder trains without one)."""
         config = self.config
+        self.mark("setup_started")
         torch.manual_seed(config.seed)
-        # process-wide: set either way, so that an earlier deterministic run does not leak
-        torch.use_deterministic_algorithms(config.deterministic)
+        # process-wide: set either way, so that an earlier deterministic run does not leak; only
+        # on a change, because the call imports torch's compiler stack (2 s on a 2-core CPU)
+        if torch.are_deterministic_algorithms_enabled() != config.deterministic:
+            torch.use_deterministic_algorithms(config.deterministic)
         self.device = resolve_device(config.device)
+        # torch starts with one thread per physical core (hyperthreads only contend for the
+        # same vector units); the count used goes into the run's config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        config = self.config = dataclasses.replace(config, threads=torch.get_num_threads())
         if self.data is None:
             self.data = load_run_data(config, progress=not config.quiet)
+        self.mark("data_loaded")
         in_channels = self.data.train.image_size[0]
         self.num_classes = len(self.data.classes)
         self.model = build_model(config, self.num_classes, in_channels).to(self.device)
@@ -97,6 +108,7 @@ class Trainer:
         config = self.config = settle(
             config, self.model, self.train_loader, self.criterion, self.device, self.echo
         )
+        self.mark("step_chosen")
         self.channels_last = config.memory_format == "channels_last"
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -117,6 +129,7 @@ class Trainer:
         if self.run is None and create_run:
             self.run = RunFolder.create(config)
             self.run.write_config(config)
+        self.mark("training_started")
 
     def eval_batches(self, data):
         loader = InMemoryLoader(
@@ -127,7 +140,15 @@ class Trainer:
             device=self.device,
             pipeline=self.eval_pipeline,
         )
-        return iter(loader)
+        return self.formatted(loader)
+
+    def formatted(self, batches):
+        """`batches` in the memory format the model runs in: a channels-last model fed
+        contiguous images would convert every layer's input back and forth."""
+        for images, labels in batches:
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, labels
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -149,6 +170,7 @@ class Trainer:
                     )
                     load_checkpoint(self.run.best, self.model, extra_models=self.extras())
                     break
+        self.mark("training_finished")
         self.finish()
         return self.history
 
@@ -223,6 +245,10 @@ class Trainer:
             self.average.update(self.model)
         return loss.detach(), logits.detach().float()
 
+    def mark(self, stage: str) -> None:
+        """Record when `stage` was reached, in seconds from process start."""
+        self.timeline[stage] = round(seconds_since_start(), 3)
+
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
@@ -267,7 +293,8 @@ class Trainer:
             device=self.device,
             pipeline=self.eval_pipeline,
         )
-        recompute_batchnorm(self.eval_model, itertools.islice(loader, self.config.precise_bn))
+        batches = itertools.islice(self.formatted(loader), self.config.precise_bn)
+        recompute_batchnorm(self.eval_model, batches)
 
     def monitored(self) -> tuple[str, int]:
         """The metric that picks the best epoch, and +1 where larger is better."""
@@ -380,6 +407,7 @@ class Trainer:
 
         final_set = self.data.test if self.data.test is not None else self.data.val
         evaluation = self.evaluate(final_set) if final_set is not None else None
+        self.mark("evaluated")
         write_final_report(self, final_set, evaluation)
 
 
