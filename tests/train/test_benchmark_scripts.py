@@ -50,3 +50,12 @@ def test_scaling_child_measures_a_training_step():
     assert point["images_per_s"] > 0 and point["peak_mib"] > point["step_mib"] > 0
     assert scaling.measure("alexnet", 4, 32, "fp32") is None  # below AlexNet's 63-pixel minimum
     assert scaling.cell(None) == "below minimum input"
+
+
+def test_step_profile_counts_the_operators_of_a_step(fake_data):
+    profiler = load("step_profile")
+    trainer, events = profiler.profile_steps("lenet_bn", "fp32", 2, data_dir=str(fake_data))
+    names = {event.key for event in events}
+    assert trainer.config.model == "lenet_bn"
+    assert "aten::convolution" in names or "aten::mkldnn_convolution" in names
+    assert any("batch_norm" in name for name in names)

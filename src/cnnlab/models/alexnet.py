@@ -15,6 +15,7 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.models.base import DefaultCfg, FullyConnectedHeadModel
+from cnnlab.models.layers import FixedSizePool
 from cnnlab.models.registry import register_model
 
 PAPER = "ImageNet Classification with Deep Convolutional Neural Networks (Krizhevsky et al.)"
@@ -60,7 +61,7 @@ class AlexNet(FullyConnectedHeadModel):
                 layers.append(nn.MaxPool2d(3, 2))
             channels = out_channels
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d((POOLED, POOLED))
+        self.pool = FixedSizePool((POOLED, POOLED))
         self.flatten = nn.Flatten(1)
         self.hidden = nn.Sequential(
             nn.Dropout(0.5),

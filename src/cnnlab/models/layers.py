@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from cnnlab.models.base import linear_or_identity
+
+
+class FixedSizePool(nn.AdaptiveAvgPool2d):
+    """Adaptive average pooling to a fixed size, before a fully connected head, that passes an
+    input already of that size through untouched. At the design input it is the identity, yet
+    PyTorch would still run a pooling pass forward and backward: 5% of a LeNet training step on
+    this project's 2-core CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == _pair(self.output_size):
+            return x
+        return super().forward(x)
 
 
 class ConvNormAct(nn.Sequential):

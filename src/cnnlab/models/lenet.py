@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from cnnlab.models.base import DefaultCfg, FullyConnectedHeadModel, linear_or_identity
+from cnnlab.models.layers import FixedSizePool
 from cnnlab.models.registry import register_model
 
 PAPER = "Gradient-Based Learning Applied to Document Recognition (LeCun et al.)"
@@ -44,7 +45,7 @@ class LeNet(FullyConnectedHeadModel):
             *_conv(6, 16, 5, 0, batch_norm, activation),
             pool(2, 2),
         )
-        self.pool = nn.AdaptiveAvgPool2d((5, 5))
+        self.pool = FixedSizePool((5, 5))
         self.flatten = nn.Flatten(1)
         self.hidden = nn.Sequential(
             *_linear(16 * 5 * 5, 120, batch_norm, activation),

@@ -21,6 +21,7 @@ from torch import nn
 
 from cnnlab.errors import UnknownModelError
 from cnnlab.models.base import DefaultCfg, FullyConnectedHeadModel
+from cnnlab.models.layers import FixedSizePool
 from cnnlab.models.registry import register_model
 
 PAPER = "Very Deep Convolutional Networks for Large-Scale Image Recognition (Simonyan & Zisserman)"
@@ -71,7 +72,7 @@ class VGG(FullyConnectedHeadModel):
                 channels = out_channels
             layers.append(nn.MaxPool2d(2, 2))
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d((POOLED, POOLED))
+        self.pool = FixedSizePool((POOLED, POOLED))
         self.flatten = nn.Flatten(1)
         self.hidden = nn.Sequential(
             nn.Linear(channels * POOLED * POOLED, hidden),
