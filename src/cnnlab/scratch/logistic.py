@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    """1 / (1 + e^-z) written via exp(-|z|) so neither branch overflows."""
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+from cnnlab.scratch.layers import sigmoid_forward
 
 
 def logistic_loss_and_grad(
@@ -34,7 +30,7 @@ def logistic_loss_and_grad(
     z = x @ w + b
     softplus = np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
     loss = np.mean(softplus - y * z) + 0.5 * l2 * np.sum(w * w)
-    dz = (sigmoid(z) - y) / n
+    dz = (sigmoid_forward(z)[0] - y) / n
     dw = x.T @ dz + l2 * w
     return float(loss), dw, float(np.sum(dz))
 

@@ -19,16 +19,7 @@ import numpy as np
 from cnnlab.scratch import batchnorm as B
 from cnnlab.scratch import conv as C
 from cnnlab.scratch import layers as L
-
-
-def _xavier_uniform(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Glorot & Bengio (2010): U(-a, a) with a = sqrt(6 / (fan_in + fan_out)), as
-    torch.nn.init.xavier_uniform_ computes the fans for linear (M, D) and conv (O, I, kh, kw)."""
-    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-    fan_out, fan_in = shape[0] * receptive, shape[1] * receptive
-    bound = np.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-bound, bound, size=shape)
-
+from cnnlab.scratch.init import xavier_uniform
 
 # ----------------------------------------------------------------------------------------------
 # Layers: parameters, buffers and gradients around a functional forward/backward pair
@@ -63,7 +54,7 @@ class Linear(Layer):
     def __init__(self, in_f: int, out_f: int, rng: np.random.Generator | None = None):
         super().__init__()
         rng = np.random.default_rng() if rng is None else rng
-        self.params = {"weight": _xavier_uniform((out_f, in_f), rng), "bias": np.zeros(out_f)}
+        self.params = {"weight": xavier_uniform((out_f, in_f), rng), "bias": np.zeros(out_f)}
 
     def forward(self, x):
         out, self.cache = L.linear_forward(x, self.params["weight"], self.params["bias"])
@@ -82,7 +73,7 @@ class Conv2d(Layer):
         rng = np.random.default_rng() if rng is None else rng
         kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
         self.stride, self.padding = stride, padding
-        self.params = {"weight": _xavier_uniform((cout, cin, kh, kw), rng), "bias": np.zeros(cout)}
+        self.params = {"weight": xavier_uniform((cout, cin, kh, kw), rng), "bias": np.zeros(cout)}
 
     def forward(self, x):
         w, b = self.params["weight"], self.params["bias"]

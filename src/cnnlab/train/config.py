@@ -189,8 +189,9 @@ def load_toml(path: str | Path) -> dict:
 
 
 def config_from(values: dict) -> TrainConfig:
-    """A TrainConfig from settings; with `recipe` (and no `recipe` already applied in them),
-    the recipe's settings for the dataset come first and `values` override them."""
+    """A TrainConfig from settings; with `recipe`, the recipe's settings for the dataset come
+    first and `values` override them (so a saved config.toml, which holds every setting,
+    reloads unchanged)."""
     if values.get("recipe") is not None:
         from cnnlab.train.recipes import recipe_settings
 

@@ -146,9 +146,12 @@ class Trainer:
         """`batches` in the memory format the model runs in: a channels-last model fed
         contiguous images would convert every layer's input back and forth."""
         for images, labels in batches:
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            yield images, labels
+            yield self.in_model_format(images), labels
+
+    def in_model_format(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -221,8 +224,7 @@ class Trainer:
     def step(self, images, labels, clipped: torch.Tensor):
         config = self.config
         self.optimizer.zero_grad(set_to_none=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = self.in_model_format(images)
         with autocast(self.device, config.precision):
             outputs = self.forward(images)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs
