@@ -16,13 +16,13 @@ Run: CNNLAB_DATA=../shared/data python benchmarks/data_pipeline.py
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
 import torch
+from machine import describe
 from torch import nn
 
 from cnnlab.data import load_dataset
@@ -35,19 +35,6 @@ LOAD_SNIPPET = (
     "load_dataset('fashion-mnist', 'train', download=False); "
     "load_dataset('fashion-mnist', 'test', download=False); print(time.perf_counter() - t)"
 )
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
-    )
 
 
 def load_times(runs: int = 5) -> list[float]:
@@ -101,7 +88,7 @@ def table_rows() -> None:
 def main() -> None:
     if not os.environ.get("CNNLAB_DATA"):
         sys.exit("set CNNLAB_DATA to the folder holding fashion-mnist/ (e.g. ../shared/data)")
-    print(f"Machine: {machine()}")
+    print(f"Machine: {describe()}")
     print(f"Date: {time.strftime('%Y-%m-%d')}\n")
     loads = load_times()
     print(

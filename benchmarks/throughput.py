@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine import describe
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -62,20 +62,6 @@ def recipes() -> dict[str, dict]:
         values = load_toml(path)
         found[values["model"]] = values
     return {name: found[name] for name in ORDER if name in found}
-
-
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return (
-        f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
-    )
 
 
 def sync(device: torch.device) -> None:
@@ -285,7 +271,7 @@ def main(argv=None) -> None:
             ceilings["fp16"] = compute_ceiling(device, torch.float16)
     command = shlex.join(["python", "benchmarks/throughput.py", *sys.argv[1:]])
     print(f"- Command: `CNNLAB_DATA={os.environ['CNNLAB_DATA']} {command}`")
-    print(f"- Machine: {machine(device)}, device {device}")
+    print(f"- Machine: {describe(device)}, device {device}")
     print(f"- Date: {time.strftime('%Y-%m-%d')}")
     print(f"- Precision: cnnlab {args.precision}, reference fp32")
     print(

@@ -162,6 +162,33 @@ def test_max_pool_ties_go_to_first_max():
     np.testing.assert_array_equal(dx, [[[[5.0, 0.0], [0.0, 0.0]]]])
 
 
+def test_max_pool_after_relu_ties_match_torch(rng):
+    # After a ReLU whole windows are 0: every tie must go where PyTorch sends it (the first).
+    x = np.maximum(rng.normal(size=(3, 4, 9, 8)), 0)
+    x[:, :, 2:5, 2:5] = 0.75
+    for args in [(2, 2, 0), (3, 2, 1), (3, 1, 1)]:
+        out, cache = C.max_pool_forward(x, *args)
+        dout = rng.normal(size=out.shape)
+        t_out, (t_dx,) = torch_grads(lambda t, args=args: F.max_pool2d(t, *args), [x], dout)
+        np.testing.assert_array_equal(out, t_out)
+        np.testing.assert_allclose(C.max_pool_backward(dout, cache), t_dx, **TOL)
+
+
+def test_conv_and_pooling_keep_float32_and_can_skip_dx(rng):
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    out, cache = C.conv_forward(x, w, np.zeros(4, np.float32), padding=1)
+    dx, dw, db = C.conv_backward(np.ones_like(out), cache)
+    assert {a.dtype for a in (out, dx, dw, db)} == {np.dtype(np.float32)}
+    skipped, dw_only, _ = C.conv_backward(np.ones_like(out), cache, input_grad=False)
+    assert skipped is None
+    np.testing.assert_array_equal(dw_only, dw)
+    for kind in ("max", "avg"):
+        pooled, pool_cache = getattr(C, f"{kind}_pool_forward")(out, 2)
+        back = getattr(C, f"{kind}_pool_backward")(np.ones_like(pooled), pool_cache)
+        assert pooled.dtype == back.dtype == np.float32
+
+
 def test_global_avg_pool(rng):
     x = rng.normal(size=(2, 3, 4, 5))
     out, cache = C.global_avg_pool_forward(x)

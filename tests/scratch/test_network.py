@@ -118,3 +118,67 @@ def test_load_torch_state_rejects_bad_state():
     plain = cnnlab.create_model("lenet", num_classes=10, in_channels=1).state_dict()
     with pytest.raises(ValueError, match=r"features\.1\."):
         N.load_torch_state(model, plain)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "kwargs"),
+    [
+        ("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+        ("Adam", {"lr": 1e-3, "weight_decay": 1e-3}),
+        ("AdamW", {"lr": 1e-3, "weight_decay": 0.05}),
+    ],
+)
+def test_training_steps_through_lenet_match_torch(optimizer, kwargs):
+    """Three training steps of the whole LeNet-BN (forward, softmax cross-entropy, backward,
+    optimiser step) in NumPy and in PyTorch from the same weights: the same weights after each
+    step, and the same running statistics, to 1e-9 in float64."""
+    from cnnlab.scratch import optim
+    from cnnlab.scratch.losses import softmax_cross_entropy
+
+    tmodel = _torch_lenet("lenet_bn").train()
+    with torch.no_grad():
+        # Biases in front of BatchNorm get a zero gradient: rounding noise is all Adam would see
+        # of them if weight decay had nothing to act on, and it would scale that noise up.
+        for name, param in tmodel.named_parameters():
+            if name.endswith("bias"):
+                param.uniform_(-0.1, 0.1)
+    smodel = N.load_torch_state(N.scratch_lenet(batch_norm=True), tmodel.state_dict()).train()
+    names = smodel.state_names()
+    tparams = dict(tmodel.named_parameters())
+    topt = getattr(torch.optim, optimizer)([tparams[n] for n in names], **kwargs)
+    sopt = getattr(optim, optimizer)(smodel.parameters(), **kwargs)
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        x, y = rng.standard_normal((8, 1, 28, 28)), rng.integers(0, 10, 8)
+        topt.zero_grad()
+        tloss = torch.nn.functional.cross_entropy(tmodel(torch.from_numpy(x)), torch.from_numpy(y))
+        tloss.backward()
+        topt.step()
+        sloss, dlogits = softmax_cross_entropy(smodel.forward(x), y)
+        smodel.backward(dlogits, input_grad=False)
+        sopt.step(smodel.gradients())
+        assert sloss == pytest.approx(tloss.item(), abs=1e-10)
+        for name, value in zip(names, smodel.parameters(), strict=True):
+            expected = tparams[name].detach().numpy()
+            np.testing.assert_allclose(value, expected, rtol=0, atol=1e-9, err_msg=name)
+    state = tmodel.state_dict()
+    for prefix, layer in zip(smodel.names, smodel.layers, strict=True):
+        for key, value in layer.buffers.items():
+            np.testing.assert_allclose(value, state[f"{prefix}.{key}"].numpy(), atol=1e-12)
+
+
+def test_float32_network_and_skipped_input_gradient():
+    model = N.scratch_lenet_modern(rng=np.random.default_rng(0), dtype=np.float32)
+    assert {p.dtype for p in model.parameters()} == {np.dtype(np.float32)}
+    x = np.random.default_rng(1).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    logits = model.forward(x)
+    assert logits.dtype == np.float32
+    dx = model.backward(np.ones_like(logits))
+    assert dx.shape == x.shape and dx.dtype == np.float32
+    grads = [g.copy() for g in model.gradients()]
+    model.forward(x)
+    assert model.backward(np.ones_like(logits), input_grad=False) is None
+    for before, after in zip(grads, model.gradients(), strict=True):
+        np.testing.assert_array_equal(before, after)  # the parameters' gradients are unchanged
+    model.astype(np.float64)
+    assert model.forward(x.astype(np.float64)).dtype == np.float64

@@ -1,13 +1,14 @@
-"""The scratch LeNet (BatchNorm, ReLU, max pooling) trained with the scratch SGD: it learns a
-toy problem, and on the real Fashion-MNIST (CI sets CNNLAB_DATA) it passes 85% test accuracy
-after one epoch (measured: 0.8755, about 30 s on 2 cores)."""
+"""The scratch LeNets trained with the scratch SGD: they learn a toy problem, and on the real
+Fashion-MNIST (CI sets CNNLAB_DATA) both pass 85% test accuracy: the BatchNorm/ReLU/max-pooling
+one after one epoch (measured 0.868, 10 s on 2 cores), the sigmoid/average-pooling original
+after six (measured 0.874, 40 s)."""
 
 import os
 
 import numpy as np
 import pytest
 
-from cnnlab.scratch.network import scratch_lenet_modern
+from cnnlab.scratch.network import scratch_lenet, scratch_lenet_modern
 from cnnlab.scratch.train import ScratchData, load_scratch_data, train_scratch
 
 
@@ -23,12 +24,27 @@ def test_training_fits_a_small_separable_set():
     assert history[-1]["test_acc"] == 1.0
 
 
-@pytest.mark.skipif(
+needs_data = pytest.mark.skipif(
     not os.environ.get("CNNLAB_DATA"),
     reason="CNNLAB_DATA is unset: the real Fashion-MNIST is not available",
 )
-def test_scratch_lenet_reaches_85_percent_on_fashion_mnist():
-    data = load_scratch_data("fashion-mnist")
-    model = scratch_lenet_modern(rng=np.random.default_rng(0))
-    history = train_scratch(model, data, epochs=1, log=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist():
+    return load_scratch_data("fashion-mnist")
+
+
+@needs_data
+def test_modern_scratch_lenet_reaches_85_percent_in_one_epoch(fashion_mnist):
+    model = scratch_lenet_modern(rng=np.random.default_rng(0), dtype=np.float32)
+    history = train_scratch(model, fashion_mnist, epochs=1, lr=0.05, log=lambda line: None)
     assert history[0]["test_acc"] >= 0.85
+
+
+@needs_data
+def test_original_sigmoid_scratch_lenet_reaches_85_percent(fashion_mnist):
+    model = scratch_lenet(rng=np.random.default_rng(0), dtype=np.float32)
+    history = train_scratch(model, fashion_mnist, epochs=6, lr=0.1, log=lambda line: None)
+    assert history[-1]["test_acc"] >= 0.85
+    assert history[-1]["train_loss"] < history[0]["train_loss"] / 2

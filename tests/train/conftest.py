@@ -1,46 +1,9 @@
-"""Fixtures for the training tests: a tiny fake Fashion-MNIST written as IDX gzip files."""
+"""Settings for the training tests: one thread, and global torch flags restored."""
 
 from __future__ import annotations
 
-import gzip
-import struct
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
-
-
-def write_fake_fashion_mnist(root: Path, train: int = 120, test: int = 40) -> Path:
-    """28x28 images whose brightness depends on the class (so there is something to learn),
-    labels balanced over the 10 classes; returns the data root to give as data_dir."""
-    folder = root / "fashion-mnist"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, count in (("train", train), ("t10k", test)):
-        labels = np.arange(count) % 10
-        noise = rng.integers(0, 100, (count, 28, 28))
-        images = noise + 15 * labels[:, None, None]
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return root
-
-
-@pytest.fixture
-def fake_data(tmp_path) -> Path:
-    """The data root (pass as data_dir) of a fake Fashion-MNIST: 120 train, 40 test images."""
-    return write_fake_fashion_mnist(tmp_path / "data")
-
-
-@pytest.fixture(scope="module")
-def shared_data(tmp_path_factory) -> Path:
-    """The same fake Fashion-MNIST, written once for a whole test module."""
-    return write_fake_fashion_mnist(tmp_path_factory.mktemp("shared") / "data")
 
 
 @pytest.fixture(autouse=True)

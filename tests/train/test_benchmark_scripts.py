@@ -2,11 +2,13 @@
 their tables claim. (No timing is asserted: performance figures live in BENCHMARKS.md.)"""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # as when a script runs: its shared `machine` module
 
 
 def load(name: str):
@@ -59,3 +61,24 @@ def test_step_profile_counts_the_operators_of_a_step(fake_data):
     assert trainer.config.model == "lenet_bn"
     assert "aten::convolution" in names or "aten::mkldnn_convolution" in names
     assert any("batch_norm" in name for name in names)
+
+
+def test_scratch_speed_times_every_pair_side_by_side():
+    import numpy as np
+
+    bench = load("scratch_speed")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 8)
+    for name in bench.PAIRS:
+        row = bench.measure(name, x, y, rounds=1, steps=1)
+        assert set(row) == {"model", "torch fp32", "scratch fp32", "scratch fp64"}
+        assert all(row[k] > 0 for k in row if k != "model")
+
+
+def test_machine_line_names_cpu_cores_and_versions():
+    import numpy as np
+    import torch
+
+    line = load("machine").describe()
+    assert "cores" in line and torch.__version__ in line and np.__version__ in line

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.scratch.layers import sigmoid_forward
+
 # ----------------------------------------------------------------------------------------------
 # Classification
 # ----------------------------------------------------------------------------------------------
@@ -35,12 +37,6 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
     return float(loss), grad / n
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    """Logistic function via exp(-|z|), which never overflows."""
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
 def binary_cross_entropy_with_logits(
     logits: np.ndarray, targets: np.ndarray
 ) -> tuple[float, np.ndarray]:
@@ -49,7 +45,7 @@ def binary_cross_entropy_with_logits(
     a large positive number and no log of 0. Its derivative is s(z) - t."""
     z = logits
     loss = np.maximum(z, 0) - z * targets + np.log1p(np.exp(-np.abs(z)))
-    return float(loss.mean()), (_sigmoid(z) - targets) / z.size
+    return float(loss.mean()), (sigmoid_forward(z)[0] - targets) / z.size
 
 
 def multiclass_hinge(

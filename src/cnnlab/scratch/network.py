@@ -60,8 +60,9 @@ class Linear(Layer):
         out, self.cache = L.linear_forward(x, self.params["weight"], self.params["bias"])
         return out
 
-    def backward(self, dout):
-        dx, self.grads["weight"], self.grads["bias"] = L.linear_backward(dout, self.cache)
+    def backward(self, dout, input_grad=True):
+        grads = L.linear_backward(dout, self.cache, input_grad)
+        dx, self.grads["weight"], self.grads["bias"] = grads
         return dx
 
 
@@ -80,8 +81,9 @@ class Conv2d(Layer):
         out, self.cache = C.conv_forward(x, w, b, stride=self.stride, padding=self.padding)
         return out
 
-    def backward(self, dout):
-        dx, self.grads["weight"], self.grads["bias"] = C.conv_backward(dout, self.cache)
+    def backward(self, dout, input_grad=True):
+        grads = C.conv_backward(dout, self.cache, input_grad)
+        dx, self.grads["weight"], self.grads["bias"] = grads
         return dx
 
 
@@ -208,11 +210,16 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        """Back-propagate dout = dLoss/dout; returns dLoss/dx and leaves each layer's grads."""
-        for layer in reversed(self.layers):
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Back-propagate dout = dLoss/dout; returns dLoss/dx and leaves each layer's grads.
+        Training needs no dLoss/dx: with input_grad=False a first Conv2d or Linear layer skips
+        it (as PyTorch does for inputs that do not require grad) and None is returned."""
+        *rest, first = reversed(self.layers)
+        for layer in rest:
             dout = layer.backward(dout)
-        return dout
+        if not input_grad and isinstance(first, (Conv2d, Linear)):
+            return first.backward(dout, input_grad=False)
+        return first.backward(dout)
 
     def train(self, mode: bool = True) -> Sequential:
         for layer in self.layers:
@@ -221,6 +228,15 @@ class Sequential:
 
     def eval(self) -> Sequential:
         return self.train(False)
+
+    def astype(self, dtype) -> Sequential:
+        """Convert every parameter and buffer to `dtype` in place: float64 for checking against
+        finite differences and PyTorch, float32 for training at twice the speed."""
+        for layer in self.layers:
+            for store in (layer.params, layer.buffers):
+                for name, value in store.items():
+                    store[name] = value.astype(dtype)
+        return self
 
     def parameters(self) -> list[np.ndarray]:
         return [p for layer in self.layers for p in layer.params.values()]
@@ -249,7 +265,7 @@ class Sequential:
 # ----------------------------------------------------------------------------------------------
 
 
-def _lenet(num_classes, in_channels, batch_norm, activation, pool, rng) -> Sequential:
+def _lenet(num_classes, in_channels, batch_norm, activation, pool, rng, dtype) -> Sequential:
     rng = np.random.default_rng() if rng is None else rng
     entries: list[tuple[str, Layer]] = []
 
@@ -272,7 +288,7 @@ def _lenet(num_classes, in_channels, batch_norm, activation, pool, rng) -> Seque
     block("hidden", Linear(120, 84, rng), 84)
     entries.append(("fc", Linear(84, num_classes, rng)))
     names, layers = zip(*entries, strict=True)
-    return Sequential(*layers, names=list(names))
+    return Sequential(*layers, names=list(names)).astype(dtype)
 
 
 def scratch_lenet(
@@ -280,22 +296,27 @@ def scratch_lenet(
     in_channels: int = 1,
     batch_norm: bool = False,
     rng: np.random.Generator | None = None,
+    dtype=np.float64,
 ) -> Sequential:
     """LeNet-5 as d2l trains it (sigmoid, 2x2 average pooling): cnnlab's `lenet`, or `lenet_bn`
     with batch_norm=True. Expects 28x28 inputs."""
-    return _lenet(num_classes, in_channels, batch_norm, Sigmoid, AvgPool2d, rng)
+    return _lenet(num_classes, in_channels, batch_norm, Sigmoid, AvgPool2d, rng, dtype)
 
 
 def scratch_lenet_modern(
-    num_classes: int = 10, in_channels: int = 1, rng: np.random.Generator | None = None
+    num_classes: int = 10,
+    in_channels: int = 1,
+    rng: np.random.Generator | None = None,
+    dtype=np.float64,
 ) -> Sequential:
     """The BatchNorm/ReLU version: batch norm after every conv and hidden linear layer, ReLU and
     2x2 max pooling. Named like `lenet_bn`, whose layer positions it shares."""
-    return _lenet(num_classes, in_channels, True, ReLU, MaxPool2d, rng)
+    return _lenet(num_classes, in_channels, True, ReLU, MaxPool2d, rng, dtype)
 
 
 def load_torch_state(model: Sequential, state_dict) -> Sequential:
-    """Copy a PyTorch state_dict (tensors or arrays) into `model` in place, as float64.
+    """Copy a PyTorch state_dict (tensors or arrays) into `model` in place, keeping the model's
+    dtypes.
 
     Every parameter and buffer of the scratch model must be present under its PyTorch name with
     the same shape; otherwise ValueError names the key. Extra keys (num_batches_tracked) are
@@ -309,7 +330,7 @@ def load_torch_state(model: Sequential, state_dict) -> Sequential:
                 value = state_dict[key]
                 if hasattr(value, "detach"):
                     value = value.detach().cpu().numpy()
-                value = np.asarray(value, dtype=np.float64)
+                value = np.asarray(value, dtype=target.dtype)
                 if value.shape != target.shape:
                     raise ValueError(
                         f"shape mismatch for {key!r}: state_dict has {value.shape}, "

@@ -28,9 +28,9 @@ class ScratchData:
     std: float
 
 
-def load_scratch_data(dataset: str = "fashion-mnist", root=None) -> ScratchData:
-    train = load_dataset(dataset, "train", root=root, progress=False)
-    test = load_dataset(dataset, "test", root=root, progress=False)
+def load_scratch_data(dataset: str = "fashion-mnist", root=None, download=True) -> ScratchData:
+    train = load_dataset(dataset, "train", root=root, download=download, progress=False)
+    test = load_dataset(dataset, "test", root=root, download=download, progress=False)
     mean, std = train.mean_std()
     return ScratchData(
         train.images.numpy(),
@@ -42,16 +42,20 @@ def load_scratch_data(dataset: str = "fashion-mnist", root=None) -> ScratchData:
     )
 
 
-def normalise(images: np.ndarray, mean: float, std: float) -> np.ndarray:
-    return (images.astype(np.float64) / 255.0 - mean) / std
+def normalise(images: np.ndarray, mean: float, std: float, dtype=np.float32) -> np.ndarray:
+    """uint8 images -> (x / 255 - mean) / std in `dtype`, one multiply-add."""
+    scale = 1.0 / (255.0 * std)
+    return images.astype(dtype) * dtype(scale) - dtype(mean / std)
 
 
 def evaluate(model: Sequential, images, labels, mean, std, batch_size: int = 1000) -> float:
     """Accuracy in eval mode (dropout off, BatchNorm on running statistics)."""
     model.eval()
+    dtype = model.parameters()[0].dtype.type
     correct = 0
     for start in range(0, len(labels), batch_size):
-        logits = model.forward(normalise(images[start : start + batch_size], mean, std))
+        x = normalise(images[start : start + batch_size], mean, std, dtype)
+        logits = model.forward(x)
         correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
     return correct / len(labels)
 
@@ -70,6 +74,7 @@ def train_scratch(
     and the test accuracy."""
     rng = np.random.default_rng(seed)
     optimizer = SGD(model.parameters(), lr=lr, momentum=momentum)
+    dtype = model.parameters()[0].dtype.type
     history = []
     for epoch in range(epochs):
         model.train()
@@ -77,9 +82,11 @@ def train_scratch(
         losses = []
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            x = normalise(data.train_images[index], data.mean, data.std)
+            if len(index) < 2:
+                continue  # BatchNorm cannot normalise a batch of one image
+            x = normalise(data.train_images[index], data.mean, data.std, dtype)
             loss, dlogits = softmax_cross_entropy(model.forward(x), data.train_labels[index])
-            model.backward(dlogits)
+            model.backward(dlogits, input_grad=False)
             optimizer.step(model.gradients())
             losses.append(loss)
         acc = evaluate(model, data.test_images, data.test_labels, data.mean, data.std)
