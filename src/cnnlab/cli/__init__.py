@@ -1,8 +1,9 @@
 """The `cnnlab` command line: parse, call the library, print.
 
 Commands that dissect models and data live in `dissect.py`, training and what follows it in
-`training.py`, those of the NumPy reference engine in `scratch.py`; this module assembles the
-parser and turns a `CnnlabError` into one line on stderr and a non-zero exit.
+`training.py`, those of the NumPy reference engine in `scratch.py`, the experiments in
+`explain.py`; this module assembles the parser and turns a `CnnlabError` into one line on stderr
+and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import sys
 
 from cnnlab import __version__
-from cnnlab.cli import dissect, scratch, training
+from cnnlab.cli import dissect, explain, scratch, training
 from cnnlab.errors import CnnlabError
 
 
@@ -41,4 +42,5 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_parsers(commands)
     dissect.add_data_parser(commands)
     scratch.add_parsers(commands)
+    explain.add_parser(commands)
     return parser

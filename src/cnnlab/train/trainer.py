@@ -50,12 +50,16 @@ class Trainer:
         run: RunFolder | None = None,
         echo=print,
         data: RunData | None = None,
+        model: nn.Module | None = None,
     ):
-        """`data` replaces loading the configured dataset (cross-validation folds use it)."""
+        """`data` replaces loading the configured dataset (cross-validation folds use it);
+        `model` replaces building config.model (the explain experiments train their own)."""
         self.config = config.resolved()
         self.echo = echo
         self.run = run
         self.data = data
+        self.given_model = model
+        self.final_evaluation: Evaluation | None = None
         self.resuming = run is not None
         self.history: list[dict] = []
         self.timeline: dict[str, float] = {}  # seconds from process start at each stage
@@ -91,7 +95,8 @@ class Trainer:
         self.mark("data_loaded")
         in_channels = self.data.train.image_size[0]
         self.num_classes = len(self.data.classes)
-        self.model = build_model(config, self.num_classes, in_channels).to(self.device)
+        model = self.given_model or build_model(config, self.num_classes, in_channels)
+        self.model = model.to(self.device)
         train_pipeline, self.eval_pipeline = pipelines(config, self.data)
         self.train_loader = InMemoryLoader(
             self.data.train.images,
@@ -409,6 +414,7 @@ class Trainer:
 
         final_set = self.data.test if self.data.test is not None else self.data.val
         evaluation = self.evaluate(final_set) if final_set is not None else None
+        self.final_evaluation = evaluation
         self.mark("evaluated")
         write_final_report(self, final_set, evaluation)
 
