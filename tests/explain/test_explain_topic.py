@@ -8,7 +8,7 @@ import pytest
 
 from cnnlab.cli import main
 from cnnlab.explain import TOPICS, Context, Finding, format_report, ordered_topics, run_topic
-from cnnlab.explain.topic import format_number, topic
+from cnnlab.explain.topic import at_least, format_number, topic
 
 
 def test_catalogue_has_every_topic_numbered_once():
@@ -40,6 +40,11 @@ def test_report_text_and_json(fake_topic):
     assert "  total: 4" in text
     assert "  curve: [0, 1, 2, 3, 4, 5, 6, 7, ... (12 values)]" in text
     assert "Verdict: the claim HOLDS here. 2 + 2 = 4" in text
+
+
+def test_at_least_says_all_for_a_whole():
+    assert at_least(1.0) == "all"
+    assert at_least(0.834) == "at least 83%"
 
 
 def test_numbers_are_printed_readably():

@@ -16,7 +16,7 @@ from torch.nn.modules.utils import _pair
 from cnnlab.analysis import summarize
 from cnnlab.analysis.summary import module_fields
 from cnnlab.explain.figures import save_curves
-from cnnlab.explain.topic import Context, Finding, topic
+from cnnlab.explain.topic import Context, Finding, at_least, topic
 from cnnlab.models import create_model
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
@@ -412,7 +412,7 @@ def receptive_field(ctx: Context) -> Finding:
         f"{name} on a {result['image']}x{result['image']} image, {agree} of {len(measured)} "
         f"measured layers (deepest {deepest}, {measured.get(deepest, {}).get('rf', 0)} pixels) "
         f"match the analytic field in size and position, {len(result['skipped'])} could not be "
-        f"measured, and the non-zero gradients cover at least {fill:.0%} of each field's pixels."
+        f"measured, and the non-zero gradients cover {at_least(fill)} of each field's pixels."
     )
     return Finding(
         numbers={

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.functional import max_pool2d
 
 from cnnlab.explain.figures import save_curves
-from cnnlab.explain.topic import Context, Finding, topic
+from cnnlab.explain.topic import Context, Finding, at_least, topic
 
 
 def _changed(before: torch.Tensor, after: torch.Tensor) -> float:
@@ -101,8 +101,8 @@ def pooling(ctx: Context) -> Finding:
     less = all(random[f"conv+maxpool{p}"][s] < conv[s] for p in pools for s in range(1, p))
     verdict = (
         f"Aligned peaks shifted by up to p - 1 pixels (p = 2, 3, 4) change {kept:.0%} of the "
-        f"pooled detections but at least {lost_unpooled:.0%} of the unpooled ones; a shift by p "
-        f"changes at least {lost_beyond:.0%} of the pooled ones. On random inputs a 1-pixel "
+        f"pooled detections but {at_least(lost_unpooled)} of the unpooled ones; a shift by p "
+        f"changes {at_least(lost_beyond)} of the pooled ones. On random inputs a 1-pixel "
         f"shift changes {conv[1]:.0%} of the conv map's top detections, {pool2[1]:.0%} after 2x2 "
         f"pooling and {pool4[1]:.0%} after 4x4 (2 and 3 pixels: {conv[2]:.0%} and {conv[3]:.0%} "
         f"vs {pool4[2]:.0%} and {pool4[3]:.0%} with 4x4); a shift by p undoes the gain "

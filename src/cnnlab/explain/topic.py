@@ -130,6 +130,11 @@ def format_number(value) -> str:
     return f"{value:.3e}" if abs(value) < 1e-3 or abs(value) >= 1e6 else f"{value:.4g}"
 
 
+def at_least(fraction: float) -> str:
+    """A lower bound on a share, for verdicts: "all" when it is 1, else "at least 83%"."""
+    return "all" if fraction >= 1 else f"at least {fraction:.0%}"
+
+
 def _flatten(numbers: dict, prefix: str = ""):
     for key, value in numbers.items():
         name = f"{prefix}{key}"
