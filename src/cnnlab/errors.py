@@ -34,3 +34,12 @@ class DownloadError(DataError):
 
 class CheckpointError(CnnlabError):
     """A checkpoint or weights file that cannot be written or read back (names the file)."""
+
+
+class NonFiniteError(CnnlabError):
+    """Training produced a NaN or infinite loss, gradient or weight (names the epoch and step)."""
+
+
+class OutOfMemory(CnnlabError):
+    """Training or evaluation ran out of device or host memory (names the batch size that
+    failed and what to try)."""

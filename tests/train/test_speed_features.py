@@ -42,7 +42,7 @@ def test_unreached_target_trains_every_epoch(fake_data, tmp_path):
 def test_target_needs_a_validation_split():
     with pytest.raises(CnnlabError, match="never the test set"):
         TrainConfig(target_acc=0.9).resolved()
-    with pytest.raises(CnnlabError, match="target_acc"):
+    with pytest.raises(CnnlabError, match="--target-acc"):
         TrainConfig(target_acc=1.5, val_split=0.1).resolved()
 
 

@@ -13,6 +13,7 @@ import sys
 
 from cnnlab import __version__
 from cnnlab.cli import dissect, explain, scratch, training
+from cnnlab.cli.args import CommandParser
 from cnnlab.errors import CnnlabError
 
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(  # and so every command's parser: one-line usage errors
         prog="cnnlab",
         description="Train, dissect and understand the classic convolutional networks.",
     )

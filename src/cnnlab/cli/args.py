@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import argparse
 import ast
+from typing import NoReturn
 
 from cnnlab.errors import CnnlabError
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr and exit code 2, like
+    cnnlab's own errors: the flag and the problem, and where the usage is, not all of it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:

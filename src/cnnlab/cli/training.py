@@ -24,6 +24,7 @@ TRAIN_FLAGS = [  # (flag, type, help); each sets the TrainConfig field of the sa
     ("--warmup-epochs", float, "linear learning-rate warmup (default 0)"),
     ("--label-smoothing", float, "default 0"),
     ("--clip-grad-norm", float, "clip the gradient norm to this (default 0: off)"),
+    ("--nonfinite", str, "a NaN/inf loss or gradient: stop (default) or skip that step"),
     ("--aux-weight", float, "weight of auxiliary-head losses (default 0.3)"),
     ("--val-split", float, "fraction of the training set held out (default 0)"),
     ("--early-stopping", int, "patience in epochs (needs --val-split; default 0: off)"),
@@ -42,10 +43,15 @@ TRAIN_FLAGS = [  # (flag, type, help); each sets the TrainConfig field of the sa
     ("--init-from", str, "start from a trained run's weights (new classifier)"),
     ("--freeze", str, "'features': train only the head (with --init-from)"),
 ]
+NO_DETERMINISTIC_KERNEL = " does not have a deterministic implementation"  # torch's words
 TRAIN_FLAG_TYPES = [(flag, kind) for flag, kind, _ in TRAIN_FLAGS]
 TRAIN_SWITCHES = [
     ("--class-weights", "weight the loss by inverse class frequency"),
-    ("--deterministic", "deterministic algorithms (bit-exact reruns on CPU)"),
+    (
+        "--deterministic",
+        "deterministic algorithms: bit-exact reruns and resumes on a CPU "
+        "(same torch, CPU type and --threads)",
+    ),
     ("--compile", "torch.compile the model"),
     ("--quiet", "no progress bar: one line per epoch"),
 ]
@@ -78,6 +84,12 @@ def add_train_parser(commands) -> None:
     )
     train.add_argument("--config", metavar="FILE.toml", help="settings file; flags override it")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
+    train.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="with --resume: continue even if the checkpoint was written for another model, "
+        "class list or dataset than the run's config.toml (its weights must still fit)",
+    )
     train.set_defaults(handler=run_train)
 
 
@@ -158,25 +170,69 @@ def add_after_training_parsers(commands) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from cnnlab.train.config import config_from, load_toml
+    """Every setting is checked before any data is loaded or any folder is made."""
+    from cnnlab.train.config import check_inputs, config_from, load_toml
     from cnnlab.train.trainer import Trainer
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "handler")}
+    allow_mismatch = given.pop("allow_mismatch", False)
     if "resume" in given:
         extra = sorted(set(given) - {"resume"})
         if extra:
             raise CnnlabError(
                 f"--resume continues a run with its own settings; drop {', '.join(extra)}"
             )
-        Trainer.resume(given["resume"]).fit()
+        trainer = Trainer.resume(given["resume"], allow_mismatch=allow_mismatch)
+        check_inputs(trainer.config, new_run=False)
+        fit(trainer)
         return 0
+    if allow_mismatch:
+        raise CnnlabError("--allow-mismatch only applies with --resume RUN")
     values = load_toml(given.pop("config")) if "config" in given else {}
     options = parse_options(given.pop("options", []))
     values.update(given)
     if options:
         values["model_options"] = {**values.get("model_options", {}), **options}
-    Trainer(config_from(values)).fit()
+    config = config_from(values).resolved()
+    check_inputs(config)
+    fit(Trainer(config))
     return 0
+
+
+def fit(trainer) -> None:
+    """Train. Ctrl-C outside the epochs (setting up, the final report), where no handler
+    turns it into a checkpoint at a step boundary, ends with 130 and one line, not a
+    traceback: every file is written atomically, so the last checkpoint is whole. An operation
+    torch cannot run deterministically under --deterministic is one clear error too."""
+    from cnnlab.train.stopping import Interrupted
+
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        run = trainer.run
+        if run is None:
+            where = "before the run folder was created; nothing to resume"
+        elif any(path.is_file() for path in run.resume_candidates()):
+            where = (
+                f"while setting up or finishing; the checkpoints in {run.path / 'checkpoints'} "
+                f"are whole; continue with: cnnlab train --resume {run.path}"
+            )
+        else:
+            where = f"before the first checkpoint; {run.path} has none to resume from"
+        raise Interrupted(f"SIGINT: stopped {where}", 130) from None
+    except RuntimeError as error:
+        # torch refuses, in deterministic mode, operations it has only nondeterministic
+        # kernels for (on CUDA: the backward of adaptive average pooling, for one)
+        operation, found, _ = str(error).partition(NO_DETERMINISTIC_KERNEL)
+        if not found:
+            raise
+        import torch
+
+        raise CnnlabError(
+            f"--deterministic: torch {torch.__version__} has no deterministic "
+            f"{operation.strip()} for this model on {trainer.device}; train on --device cpu "
+            "for bit-exact runs, or drop --deterministic"
+        ) from None
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -216,13 +272,15 @@ def training_settings(args: argparse.Namespace, skip: tuple[str, ...]) -> dict:
 
 
 def run_lr_find(args: argparse.Namespace) -> int:
-    from cnnlab.train.config import config_from
+    from cnnlab.train.config import check_inputs, config_from
     from cnnlab.train.lr_find import format_lr_find, lr_find
     from cnnlab.train.plots import plot_lr_find
 
     settings = training_settings(args, ("start_lr", "end_lr", "steps", "plot"))
+    config = config_from({**settings, "quiet": True})
+    check_inputs(config.resolved(), new_run=False)
     result = lr_find(
-        config_from({**settings, "quiet": True}),
+        config,
         start_lr=args.start_lr,
         end_lr=args.end_lr,
         steps=args.steps,
@@ -235,12 +293,14 @@ def run_lr_find(args: argparse.Namespace) -> int:
 
 
 def run_cv(args: argparse.Namespace) -> int:
-    from cnnlab.train.config import config_from
+    from cnnlab.train.config import check_inputs, config_from
     from cnnlab.train.cross_validation import cross_validate, format_cross_validation
 
     settings = training_settings(args, ("folds",))
     out = settings.pop("out", None)
-    result = cross_validate(config_from(settings), args.folds, out=out)
+    config = config_from(settings)
+    check_inputs(config.resolved(), new_run=False)
+    result = cross_validate(config, args.folds, out=out)
     print(format_cross_validation(result))
     return 0
 

@@ -13,7 +13,8 @@ fine_label_names.txt.
 Only the binary versions are read: the "python versions" are pickles, and unpickling a
 downloaded file can run arbitrary code. Every defect raises one error naming the file, what was
 expected and what was found: a missing or empty file, a size that is not a whole number of
-records, a label outside its range, a class-name file with the wrong number of names.
+records, a label outside its range, a class-name file with the wrong number of names; a file
+above `MAX_FILE_BYTES`, or too large for the memory left, is refused before it is read.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ IMAGE_BYTES = 3 * 32 * 32
 CIFAR10_LABELS = (("label", 10),)  # (name, number of classes) of each label byte of a record
 CIFAR100_LABELS = (("coarse label", 20), ("fine label", 100))
 CIFAR100_COLUMNS = {"coarse": 0, "fine": 1}  # label kind -> its byte in a CIFAR-100 record
+# 14x the largest official file (CIFAR-100's train.bin, 154 MB): a larger file is not CIFAR, and
+# refusing it keeps a huge (or sparse) file from being read into memory.
+MAX_FILE_BYTES = 2**31
 
 
 def read_cifar10(
@@ -66,15 +70,21 @@ def _read_records(
     record_bytes = len(label_fields) + IMAGE_BYTES
     paths = [folder / name for name in files]
     counts = [_record_count(path, record_bytes) for path in paths]
-    records = np.empty((sum(counts), record_bytes), dtype=np.uint8)
-    start = 0
-    for path, count in zip(paths, counts, strict=True):
-        block = records[start : start + count]
-        _read_into(path, block)
-        _check_labels(path, block[:, : len(label_fields)], label_fields)
-        start += count
-    images = np.ascontiguousarray(records[:, len(label_fields) :]).reshape(-1, *IMAGE_SHAPE)
-    labels = records[:, : len(label_fields)].astype(np.int64)
+    try:
+        records = np.empty((sum(counts), record_bytes), dtype=np.uint8)
+        start = 0
+        for path, count in zip(paths, counts, strict=True):
+            block = records[start : start + count]
+            _read_into(path, block)
+            _check_labels(path, block[:, : len(label_fields)], label_fields)
+            start += count
+        images = np.ascontiguousarray(records[:, len(label_fields) :]).reshape(-1, *IMAGE_SHAPE)
+        labels = records[:, : len(label_fields)].astype(np.int64)
+    except MemoryError:
+        raise DataError(
+            f"{folder}: not enough memory to read {sum(counts)} records of {record_bytes} bytes "
+            f"from {', '.join(files)}"
+        ) from None
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
@@ -87,6 +97,11 @@ def _record_count(path: Path, record_bytes: int) -> int:
         raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
     if size == 0:
         raise DataFormatError(f"{path}: empty file; expected records of {record_bytes} bytes")
+    if size > MAX_FILE_BYTES:
+        raise DataFormatError(
+            f"{path}: {size} bytes, above the limit of {MAX_FILE_BYTES} bytes for one CIFAR file "
+            "(the largest official one, train.bin, has 154 MB); it is not a CIFAR file"
+        )
     whole, remainder = divmod(size, record_bytes)
     if remainder:
         raise DataFormatError(

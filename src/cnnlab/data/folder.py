@@ -13,7 +13,9 @@ hidden names (starting with ".") are ignored silently. Each file must really be 
 (checked from its first bytes, then opened with Pillow restricted to those two decoders) and
 decode completely: an empty file, other content (GIF, text, ...), a truncated or corrupt file,
 or a decompression bomb (more pixels than `max_pixels`, default Pillow's
-`Image.MAX_IMAGE_PIXELS`; Pillow's global limit applies too) is a *bad image*.
+`Image.MAX_IMAGE_PIXELS`; Pillow's global limit applies too) is a *bad image*. Before decoding,
+the file must hold the pixel data its header declares (`pixeldata`: exact for PNG, a lower bound
+for JPEG), because Pillow would allocate the declared size and pad a short stream silently.
 `on_error="fail"` raises DataFormatError naming the file and what was found;
 `on_error="skip"` leaves it out and lists it in the FolderReport. Pillow's
 `ImageFile.LOAD_TRUNCATED_IMAGES` must stay False (it is checked, never changed).
@@ -46,6 +48,7 @@ import torch
 from PIL import Image, ImageFile
 
 from cnnlab.data.dataset import ImageSet
+from cnnlab.data.pixeldata import jpeg_problem, png_problem
 from cnnlab.errors import DataError, DataFormatError, MissingDataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -322,6 +325,7 @@ def decode_image(
 ) -> np.ndarray:
     """The whole image as uint8 H x W x C; channels None keeps 1 for gray and 3 for colour."""
     with _opened(path, max_pixels) as image:
+        _check_pixel_data(path, image)  # before load() allocates what the header declares
         image.load()  # decode now, so truncation raises here
         channels = channels or (3 if _is_colour(image) else 1)
         image = _convert(image, channels)
@@ -375,6 +379,12 @@ def _check_signature(path: Path) -> None:
     raise BadImage(f"text ({text!r}...)")
 
 
+def _check_pixel_data(path: Path, image: Image.Image) -> None:
+    problem = png_problem(path) if image.format == "PNG" else jpeg_problem(path)
+    if problem:
+        raise BadImage(f"a corrupt or truncated file ({problem})")
+
+
 def _check_pixels(image: Image.Image, max_pixels: int | None) -> None:
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     pixels = image.width * image.height
@@ -395,9 +405,12 @@ def _is_colour(image: Image.Image) -> bool:
 def _convert(image: Image.Image, channels: int) -> Image.Image:
     """Pillow "L" (channels 1) or "RGB" (channels 3), by the rules in the module docstring."""
     if image.mode in _SIXTEEN_BIT_MODES:
-        # Pillow's own I;16 -> L conversion clips at 255 instead of scaling.
-        values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
-        image = Image.fromarray(values.astype(np.uint8), "L")
+        # Pillow's own I;16 -> L conversion clips at 255 instead of scaling. No int64 copy:
+        # uint16 ("I;16") or int32 ("I") is enough, so a large image is not copied at 8 bytes/pixel.
+        values = np.asarray(image)
+        if values.dtype != np.uint16:
+            values = np.clip(values, 0, 65535)
+        image = Image.fromarray((values >> 8).astype(np.uint8), "L")
     elif image.mode in _ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))

@@ -12,16 +12,20 @@ decide, not the file name. Every defect raises one `DataFormatError` naming the 
 expected and what was found. The declared size is checked before anything of that size is
 allocated: against a cap, and for raw files against the file size; gzip streams are decompressed
 piece by piece, so memory follows the bytes actually there, not what a corrupt header claims.
-Image and label counts are compared by `check_pair`.
+A header declaring more dimensions than an array can have (32) is refused, and a file too large
+for the memory left is a `DataError`, not a MemoryError. Image and label counts are compared by
+`check_pair`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,6 +47,8 @@ TYPES = {
 # 45x the largest IDX file cnnlab reads (MNIST-style train images: 47 MB); a header declaring
 # more is corrupt, and refusing it keeps a bad file from asking for gigabytes.
 MAX_DATA_BYTES = 2**31
+# numpy's limit (32 before numpy 2, 64 since): a header declaring more dimensions is refused.
+MAX_DIMENSIONS = 32
 # gzip streams are decompressed in pieces of this size, never into a buffer of the declared size.
 CHUNK_BYTES = 1 << 24
 
@@ -90,7 +96,8 @@ def read_idx_labels(path: str | os.PathLike, num_classes: int) -> torch.Tensor:
             f"{path}: label {array[index]} at index {index} is outside [0, {num_classes}) "
             f"({int(outside.sum())} of {len(array)} labels out of range)"
         )
-    return torch.from_numpy(array).to(torch.int64)
+    with _memory_for(path, 8 * len(array)):
+        return torch.from_numpy(array.astype(np.int64))
 
 
 def check_pair(
@@ -125,6 +132,11 @@ def _read_stream(
     if len(magic) < 4:
         raise _short_header(path, len(magic), 4, "the 4-byte magic number")
     dtype = _check_magic(path, magic, ndim, type_code)
+    if magic[3] > MAX_DIMENSIONS:
+        raise DataFormatError(
+            f"{path}: declares {magic[3]} dimensions; expected at most {MAX_DIMENSIONS} "
+            "(the most an array can have)"
+        )
     header_bytes = 4 + 4 * magic[3]
     dims = stream.read(4 * magic[3])
     if len(dims) < 4 * magic[3]:
@@ -143,13 +155,25 @@ def _read_stream(
         )
     if file_bytes is not None and file_bytes - header_bytes != expected:
         raise _size_error(path, shape, expected, file_bytes - header_bytes)
-    data = _read_data(stream, expected, compressed=file_bytes is None)
-    found = len(data) + _count_rest(stream)
-    if found != expected:
-        raise _size_error(path, shape, expected, found)
-    # The bytearray buffer makes the array, and the tensors made from it, writable without a copy.
-    array = np.frombuffer(data, dtype=dtype).reshape(shape)
-    return array.astype(dtype.newbyteorder("="), copy=False)
+    with _memory_for(path, expected):
+        data = _read_data(stream, expected, compressed=file_bytes is None)
+        found = len(data) + _count_rest(stream)
+        if found != expected:
+            raise _size_error(path, shape, expected, found)
+        # The bytearray buffer makes the array, and tensors made from it, writable without a copy.
+        array = np.frombuffer(data, dtype=dtype).reshape(shape)
+        return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+@contextlib.contextmanager
+def _memory_for(path: Path, data_bytes: int) -> Iterator[None]:
+    """A file too large for the memory left is refused like any other unusable file."""
+    try:
+        yield
+    except MemoryError:
+        raise DataError(
+            f"{path}: not enough memory to read its {data_bytes} bytes of data"
+        ) from None
 
 
 def _check_magic(path: Path, magic: bytes, ndim: int | None, type_code: int | None) -> np.dtype:

@@ -14,17 +14,25 @@ Final weights (``model.safetensors``) hold the bare state_dict, with the caller'
 of the model (name, build options, classes, input size...) JSON-encoded under the metadata
 entry ``cnnlab``, which is what `load_model` rebuilds the network from.
 
-Both kinds are written atomically and refused while a weight is NaN or infinite, so a diverged
-run never replaces a good file. Reading checks the header length against the file size before
-safetensors sees the file, so an empty, truncated, foreign or hostile file ends in one
-`CheckpointError` naming the file and what is wrong with it.
+Both kinds are written atomically and refused while a weight (or an optimizer state tensor) is
+NaN or infinite, so a diverged run never replaces a good file; reading refuses such a file too,
+before anything is restored, so training or inference never starts from it. Reading checks that
+the path is a regular file and the header length against the file size before safetensors sees
+the file (safetensors then checks every tensor's dtype, shape and offsets against the bytes
+there, so no lying header makes it allocate more than the file holds), so an empty, truncated,
+foreign or hostile file ends in one `CheckpointError` naming the file and what is wrong with it.
+A torch.save/pickle file is recognised and refused: nothing here ever unpickles, and there is no
+fallback that would.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,9 +77,11 @@ def save_checkpoint(
     state: dict | None = None,
     generators: dict[str, torch.Tensor] | None = None,
     extra_models: dict[str, nn.Module] | None = None,
+    keep_previous: str | os.PathLike | None = None,
 ) -> None:
     """Write everything needed to resume training to one safetensors file, atomically.
-    `extra_models` are more models to keep (the trainer's weight average), by name."""
+    `extra_models` are more models to keep (the trainer's weight average), by name; with
+    `keep_previous`, the file `path` held becomes that file just before it is replaced."""
     path = Path(path)
     tensors = _weight_tensors(model, path, prefix=MODEL_PREFIX)
     for name, extra in (extra_models or {}).items():
@@ -79,6 +89,7 @@ def save_checkpoint(
     document = {"format": FORMAT_VERSION, "optimizer": None, "scheduler": None}
     if optimizer is not None:
         optimizer_tensors, document["optimizer"] = _split_optimizer(optimizer)
+        _refuse_non_finite(optimizer_tensors, f"refusing to write {path}", _KEPT)
         tensors.update(optimizer_tensors)
     if scheduler is not None:
         document["scheduler"] = {
@@ -90,7 +101,7 @@ def save_checkpoint(
     tensors.update(_generator_tensors(generators or {}, path))
     for part, label in _PARTS.items():  # encoded one by one to name the part that fails
         _encode(document[part], label, path)
-    _write(path, tensors, {CHECKPOINT_KEY: json.dumps(document)})
+    _write(path, tensors, {CHECKPOINT_KEY: json.dumps(document)}, keep_previous)
 
 
 def load_checkpoint(
@@ -99,14 +110,27 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     extra_models: dict[str, nn.Module] | None = None,
+    check_state: Callable[[dict], None] | None = None,
 ) -> Checkpoint:
     """Restore the model, optimizer, scheduler, extra models and torch's global RNG from a
-    checkpoint."""
+    checkpoint. `check_state(state)` sees the saved state first and may refuse the file by
+    raising (the trainer refuses a checkpoint of another run) before anything is restored."""
     path = Path(path)
     tensors, metadata = _read(path)
     document = _checkpoint_document(path, metadata)
     if TORCH_RNG not in tensors:
         raise CheckpointError(f"{path} is incomplete: it has no {TORCH_RNG!r} tensor")
+    _refuse_non_finite(tensors, f"refusing to load {path}", _NOT_LOADED)  # before any restore
+    generators = {
+        key[len(RNG_PREFIX) :]: value
+        for key, value in tensors.items()
+        if key.startswith(RNG_PREFIX) and key != TORCH_RNG
+    }
+    _check_generator_state(TORCH_RNG, tensors[TORCH_RNG], path, cpu_only=True)
+    for name, value in generators.items():
+        _check_generator_state(RNG_PREFIX + name, value, path)
+    if check_state is not None:
+        check_state(document["state"])
     weights = {
         key[len(MODEL_PREFIX) :]: value
         for key, value in tensors.items()
@@ -123,15 +147,7 @@ def load_checkpoint(
         _restore_optimizer(optimizer, document["optimizer"], tensors, path)
     if scheduler is not None:
         _restore_scheduler(scheduler, document["scheduler"], path)
-    try:
-        torch.set_rng_state(tensors[TORCH_RNG])
-    except (RuntimeError, TypeError) as error:
-        raise CheckpointError(f"{path}: the saved RNG state is unusable ({error})") from None
-    generators = {
-        key[len(RNG_PREFIX) :]: value
-        for key, value in tensors.items()
-        if key.startswith(RNG_PREFIX) and key != TORCH_RNG
-    }
+    torch.set_rng_state(tensors[TORCH_RNG])  # checked above
     return Checkpoint(state=document["state"], generators=generators)
 
 
@@ -151,6 +167,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             f"{path} is a training checkpoint, not a weights file; "
             "use the run's model.safetensors or load_checkpoint"
         )
+    _refuse_non_finite(tensors, f"refusing to load {path}", _NOT_LOADED)
     if WEIGHTS_KEY not in metadata:
         return tensors, {}
     description = _decode(metadata[WEIGHTS_KEY], WEIGHTS_KEY, path)
@@ -175,17 +192,53 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     options = metadata.get("options", {})
     if not isinstance(options, dict):
         raise CheckpointError(f"{path}: metadata 'options' should be an object, found {options!r}")
-    try:
-        model = create_model(
-            metadata["model"],
-            num_classes=metadata["num_classes"],
-            in_channels=metadata["in_channels"],
-            **options,
+    name, num_classes, in_channels = (metadata[key] for key in REQUIRED_MODEL_KEYS)
+    if not isinstance(name, str) or any(type(n) is not int for n in (num_classes, in_channels)):
+        raise CheckpointError(
+            f"{path}: its {WEIGHTS_KEY!r} metadata should name the model and give num_classes and "
+            f"in_channels as integers, found model={name!r}, num_classes={num_classes!r}, "
+            f"in_channels={in_channels!r}"
         )
-    except CnnlabError as error:
-        raise CheckpointError(f"{path} describes a model cnnlab cannot build: {error}") from None
+    # The description comes from the file: build it on the meta device first (no memory), with no
+    # more tensors than the file holds, and check it against the weights before building for real,
+    # so that no description makes cnnlab allocate (or loop) beyond what the file holds.
+    described = (path, name, num_classes, in_channels, options, len(weights))
+    with torch.device("meta"):
+        _load_weights_into(_build_described(*described), weights, path, check_only=True)
+    model = _build_described(*described)
     _load_weights_into(model, weights, path)
     return model.eval(), metadata
+
+
+def _build_described(path, name, num_classes, in_channels, options, tensors: int) -> nn.Module:
+    """create_model from a file's description, stopped once the model registers more tensors or
+    modules than a model with `tensors` weight tensors can have (a hostile depth or width)."""
+    limits, made = {"tensors": 2 * tensors + 16, "modules": 4 * tensors + 64}, Counter()
+
+    def counting(kind: str):
+        def hook(*_):
+            made[kind] += 1
+            if made[kind] > limits[kind]:
+                raise CheckpointError(
+                    f"it would have over {limits[kind]} {kind}, for the {tensors} tensors it holds"
+                )
+
+        return hook
+
+    hooks = torch.nn.modules.module
+    handles = [
+        hooks.register_module_parameter_registration_hook(counting("tensors")),
+        hooks.register_module_buffer_registration_hook(counting("tensors")),
+        hooks.register_module_module_registration_hook(counting("modules")),
+    ]
+    try:
+        return create_model(name, num_classes=num_classes, in_channels=in_channels, **options)
+    except (CnnlabError, TypeError, ValueError, RuntimeError, OverflowError) as error:
+        # builders meet options from a file here: any refusal of theirs is the file's fault
+        raise CheckpointError(f"{path} describes a model cnnlab cannot build: {error}") from None
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 # Writing
@@ -193,15 +246,27 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
 
 def _weight_tensors(model: nn.Module, path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
     """The state_dict as standalone CPU tensors; refuses NaN or infinite weights."""
-    tensors = {}
-    for key, value in model.state_dict().items():
-        if (value.is_floating_point() or value.is_complex()) and not torch.isfinite(value).all():
+    tensors = {prefix + key: value for key, value in model.state_dict().items()}
+    _refuse_non_finite(tensors, f"refusing to write {path}", _KEPT)
+    return {key: _standalone(value) for key, value in tensors.items()}
+
+
+_KEPT = "the previous file, if any, is kept"
+_NOT_LOADED = "nothing was loaded from it; use an earlier checkpoint or the weights of a good run"
+
+
+def _refuse_non_finite(tensors: dict[str, torch.Tensor], action: str, consequence: str) -> None:
+    """One error naming the first tensor that holds NaN or infinite values."""
+    for key, value in tensors.items():
+        if not (value.is_floating_point() or value.is_complex()):
+            continue
+        finite = torch.isfinite(value)
+        if not finite.all():
+            bad = int(finite.numel() - finite.sum())
             raise CheckpointError(
-                f"refusing to write {path}: {key} holds NaN or infinite values "
-                "(the previous file, if any, is kept)"
+                f"{action}: {key} holds NaN or infinite values ({bad} of {value.numel()}); "
+                f"{consequence}"
             )
-        tensors[prefix + key] = _standalone(value)
-    return tensors
 
 
 def _standalone(tensor: torch.Tensor) -> torch.Tensor:
@@ -256,8 +321,13 @@ def _encode(value: Any, what: str, path: Path) -> str:
         ) from None
 
 
-def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    with atomic_path(path) as temp:
+def _write(
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    keep_previous: str | os.PathLike | None = None,
+) -> None:
+    with atomic_path(path, keep_previous) as temp:
         try:
             save_file(tensors, temp, metadata=metadata)
         except SafetensorError as error:
@@ -283,7 +353,11 @@ def _check_header(path: Path) -> None:
     """Refuse what safetensors should never be handed: a missing or short file, or a header
     length that the file cannot hold (truncation, another format, a hostile file)."""
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a folder, or a pipe or device that could block
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise CheckpointError(f"{path} is {kind}; expected a .safetensors file")
+        size = info.st_size
         with open(path, "rb") as file:
             head = file.read(8)
     except FileNotFoundError:
@@ -317,6 +391,28 @@ def _decode(text: str, key: str, path: Path) -> Any:
         raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON ({error})") from None
 
 
+_CUDA_GENERATOR_STATE_BYTES = 16  # a CUDA (Philox) generator's state: its seed and offset
+
+
+def _check_generator_state(key: str, state: torch.Tensor, path: Path, cpu_only=False) -> None:
+    """Refuse a generator state that Generator.set_state would reject with a RuntimeError when
+    training resumes. A CPU state is tried on a scratch generator; a CUDA state (saved by a run
+    on a GPU) can only be checked for its size here."""
+    if state.dtype != torch.uint8 or state.dim() != 1:
+        raise CheckpointError(
+            f"{path}: the generator state {key} should be a 1-D uint8 tensor, found "
+            f"{_dtype(state)} of shape {tuple(state.shape)}"
+        )
+    if not cpu_only and state.numel() == _CUDA_GENERATOR_STATE_BYTES:
+        return
+    try:
+        torch.Generator().set_state(state)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"{path}: the generator state {key} is unusable ({error})".replace("\n", " ")
+        ) from None
+
+
 def _checkpoint_document(path: Path, metadata: dict[str, str]) -> dict:
     if CHECKPOINT_KEY not in metadata:
         hint = "; it holds final weights (see load_model)" if WEIGHTS_KEY in metadata else ""
@@ -335,7 +431,9 @@ def _checkpoint_document(path: Path, metadata: dict[str, str]) -> dict:
     return document
 
 
-def _load_weights_into(model: nn.Module, found: dict[str, torch.Tensor], path: Path) -> None:
+def _load_weights_into(
+    model: nn.Module, found: dict[str, torch.Tensor], path: Path, check_only: bool = False
+) -> None:
     """Strict load that lists every missing, unexpected and misshapen key in one error."""
     expected = model.state_dict()
     mismatched = [
@@ -343,12 +441,19 @@ def _load_weights_into(model: nn.Module, found: dict[str, torch.Tensor], path: P
         for key, value in expected.items()
         if key in found and found[key].shape != value.shape
     ]
+    # load_state_dict would convert silently (float64 to float32, float to int...)
+    retyped = [
+        f"{key} is {_dtype(found[key])} in the file but {_dtype(value)} in the model"
+        for key, value in expected.items()
+        if key in found and found[key].dtype != value.dtype
+    ]
     problems = [
         f"{label}: {_listing(keys)}"
         for label, keys in (
             ("missing keys", [key for key in expected if key not in found]),
             ("unexpected keys", sorted(key for key in found if key not in expected)),
             ("shape mismatches", mismatched),
+            ("dtype mismatches", retyped),
         )
         if keys
     ]
@@ -357,7 +462,12 @@ def _load_weights_into(model: nn.Module, found: dict[str, torch.Tensor], path: P
         raise CheckpointError(
             f"the weights in {path} do not fit the model {name}: {'; '.join(problems)}"
         )
-    model.load_state_dict(found)
+    if not check_only:
+        model.load_state_dict(found)
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def _listing(items: list[str], limit: int = 8) -> str:

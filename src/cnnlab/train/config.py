@@ -13,8 +13,12 @@ import dataclasses
 import json
 import math
 import sys
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+import torch
+from torch.overrides import TorchFunctionMode
 
 from cnnlab.errors import CnnlabError
 
@@ -31,6 +35,7 @@ CHOICES = {
     "memory_format": ("auto", "contiguous", "channels_last"),
     "early_stopping_metric": ("val_loss", "val_acc"),
     "tta": ("none", "flip"),
+    "nonfinite": ("stop", "skip"),
 }
 
 # (input size, batch size, learning rate) d2l trains each family with on Fashion-MNIST, all with
@@ -70,6 +75,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     clip_grad_norm: float = 0.0  # 0: off
+    nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" the run, or "skip" the step
     aux_weight: float = 0.3
     val_split: float = 0.0  # fraction of the training set held out; 0: none
     early_stopping: int = 0  # patience in epochs; 0: off
@@ -98,29 +104,36 @@ class TrainConfig:
         size, batch, lr = family_defaults(self.model)
         config = dataclasses.replace(
             self,
-            resize=self.resize or size,
-            batch_size=self.batch_size or batch,
+            resize=self.resize if self.resize is not None else size,
+            batch_size=self.batch_size if self.batch_size is not None else batch,
             lr=self.lr if self.lr is not None else lr,
         )
         config.validate()
         return config
 
     def validate(self) -> None:
+        """Refuse settings no run can have (each message names the flag, what it takes and
+        what it got); checks nothing on disk, see `check_inputs` for that."""
+        _check_types(self)
         for name, choices in CHOICES.items():
             value = getattr(self, name)
             if value not in choices:
-                raise CnnlabError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "resize": self.resize,
-            "threads": self.threads,
+                listed = ", ".join(choices)
+                raise CnnlabError(f"{_flag(name)} must be one of {listed}, got {value!r}")
+        whole = {  # name: (value, smallest allowed)
+            "epochs": (self.epochs, 1),
+            "batch_size": (self.batch_size, 1),
+            "resize": (self.resize, 1),
+            "threads": (self.threads, 1),
+            "seed": (self.seed, 0),
+            "early_stopping": (self.early_stopping, 0),
+            "precise_bn": (self.precise_bn, 0),
         }
-        for name, value in positive.items():
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise CnnlabError(f"{name} must be a positive integer, got {value!r}")
+        for name, (value, low) in whole.items():
+            if value is not None and value < low:
+                kind = "a positive integer" if low else "an integer >= 0"
+                raise CnnlabError(f"{_flag(name)} must be {kind}, got {value!r}")
         ranges = {
-            "precise_bn": (self.precise_bn, 0, math.inf),
             "ema": (self.ema, 0.0, 0.9999999),
             "val_split": (self.val_split, 0.0, 0.9),
             "label_smoothing": (self.label_smoothing, 0.0, 0.99),
@@ -131,12 +144,15 @@ class TrainConfig:
             "warmup_epochs": (self.warmup_epochs, 0.0, self.epochs),
         }
         if self.lr is not None and not 0 < self.lr < math.inf:
-            raise CnnlabError(f"lr must be a positive number, got {self.lr!r}")
+            raise CnnlabError(f"--lr must be a positive number, got {self.lr!r}")
+        if not 0 <= self.momentum < 1:
+            raise CnnlabError(f"--momentum must be in [0, 1), got {self.momentum!r}")
         for name, (value, low, high) in ranges.items():
-            if value is not None and not low <= value <= high:
-                raise CnnlabError(f"{name} must be in [{low}, {high}], got {value!r}")
+            if not (low <= value <= high and math.isfinite(value)):
+                span = f"in [{low}, {high}]" if math.isfinite(high) else f"finite and >= {low}"
+                raise CnnlabError(f"{_flag(name)} must be {span}, got {value!r}")
         if self.target_acc is not None and not 0 < self.target_acc <= 1:
-            raise CnnlabError(f"target_acc must be in (0, 1], got {self.target_acc!r}")
+            raise CnnlabError(f"--target-acc must be in (0, 1], got {self.target_acc!r}")
         if self.target_acc is not None and not self.val_split:
             raise CnnlabError(
                 "--target-acc watches a held-out validation split (never the test set): "
@@ -145,7 +161,7 @@ class TrainConfig:
         if self.early_stopping and not self.val_split:
             raise CnnlabError("early stopping watches the validation set: give --val-split too")
         if self.freeze not in (None, "features"):
-            raise CnnlabError(f"freeze takes 'features', got {self.freeze!r}")
+            raise CnnlabError(f"--freeze takes 'features', got {self.freeze!r}")
         if self.freeze and not self.init_from:
             raise CnnlabError("--freeze features needs trained weights: give --init-from RUN too")
 
@@ -160,6 +176,117 @@ class TrainConfig:
         if table:
             lines += ["", "[model_options]", *table]
         return "\n".join(lines) + "\n"
+
+
+def check_inputs(config: TrainConfig, new_run: bool = True) -> None:
+    """Refuse, before any data is loaded or any folder made, what `validate` cannot see: an
+    unknown dataset or model, a model option unknown or of the wrong type, an input size below
+    the model's minimum, an unknown augmentation, a missing --init-from, no CUDA for --device
+    cuda, and (`new_run`) an --out that is not an empty folder. `config` is resolved (see
+    `TrainConfig.resolved`)."""
+    from cnnlab.data import DATASETS
+    from cnnlab.data.augment import parse_augmentations
+
+    if config.dataset not in DATASETS and not Path(config.dataset).expanduser().is_dir():
+        raise CnnlabError(
+            f"unknown --dataset {config.dataset!r}: expected one of {', '.join(DATASETS)} or an "
+            f"image folder (one subfolder per class), and no folder {config.dataset} exists"
+        )
+    model = _meta_model(config.model, config.model_options)
+    smallest = max(model.default_cfg.min_input_size)
+    if config.resize < smallest:
+        raise CnnlabError(
+            f"--resize {config.resize} is below {config.model}'s minimum input size: it needs "
+            f"at least {smallest}x{smallest} pixels"
+        )
+    parse_augmentations(config.augment)
+    if config.init_from:
+        from cnnlab.train.setup import weights_path
+
+        if not weights_path(config.init_from).is_file():
+            raise CnnlabError(
+                f"--init-from {config.init_from}: no weights there (expected a run folder holding "
+                f"model.safetensors, or a .safetensors file)"
+            )
+    if new_run and config.out:
+        out = Path(config.out)
+        if out.exists() and not out.is_dir():
+            raise CnnlabError(f"--out {out} is a file; a run needs a new or empty folder")
+        if out.is_dir() and any(out.iterdir()):
+            raise CnnlabError(
+                f"run folder {out} already exists and is not empty: choose another --out, or "
+                f"continue it with --resume {out}"
+            )
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise CnnlabError("--device cuda was asked for, but PyTorch sees no CUDA device here")
+
+
+def _meta_model(name: str, options: dict):
+    """The model `name` built on the meta device (its name, options and minimum input size
+    checked, no weights made); an option of the wrong type or value is a CnnlabError."""
+    from cnnlab.models import create_model, model_options
+
+    for key, default in model_options(name).items():
+        value = options.get(key, default)
+        if type(default) in (int, float, bool) and not _is_kind(value, type(default)):
+            raise CnnlabError(
+                f"--set {key}={value!r}: {name}'s {key} takes {_KINDS[type(default)]}, like its "
+                f"default {default!r}"
+            )
+    try:
+        with torch.device("meta"), _NoRandomFill():
+            return create_model(name, num_classes=10, in_channels=3, **options)
+    except CnnlabError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise CnnlabError(f"--model {name} cannot be built with {options}: {error}") from None
+
+
+class _NoRandomFill(TorchFunctionMode):
+    """Random initialisation is skipped while a model is built on the meta device: meta tensors
+    hold no values, and torch's meta `normal_` would import its compiler stack (2 s)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.normal_ or getattr(func, "__module__", "") == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def _flag(name: str) -> str:
+    """The command-line flag that sets the TrainConfig field `name`."""
+    return "--set" if name == "model_options" else "--" + name.replace("_", "-")
+
+
+_KINDS = {
+    int: "a whole number",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    dict: "a table of options",
+}
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Each setting has its declared type (a config file can hold anything): ints where ints
+    belong (never booleans), numbers for floats."""
+    hints = typing.get_type_hints(TrainConfig)
+    for item in fields(config):
+        value, allowed = getattr(config, item.name), typing.get_args(hints[item.name])
+        allowed = allowed or (hints[item.name],)
+        if value is None and type(None) in allowed:
+            continue
+        if not any(_is_kind(value, kind) for kind in allowed):
+            wanted = " or ".join(_KINDS[kind] for kind in allowed if kind in _KINDS)
+            raise CnnlabError(f"{_flag(item.name)} must be {wanted}, got {value!r}")
+
+
+def _is_kind(value, kind) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(kind, type) and isinstance(value, kind)
 
 
 def family_defaults(model: str) -> tuple[int, int, float]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, NonFiniteError
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.trainer import Trainer
 
@@ -65,11 +65,12 @@ def lr_find(
     average, best, stopped_early = 0.0, math.inf, False
     for index, (images, labels) in enumerate(_batches(trainer.train_loader, steps)):
         lr = trainer.lr()
-        loss, _ = trainer.step(images, labels, clipped)
-        value = float(loss)  # one host sync per batch: the stopping rule needs the value now
-        if not math.isfinite(value):
+        try:
+            loss, _ = trainer.step(images, labels, clipped)
+        except NonFiniteError:  # a NaN/inf loss or gradient: the step was refused
             stopped_early = True
             break
+        value = float(loss)  # one host sync per batch: the stopping rule needs the value now
         average = smoothing * average + (1.0 - smoothing) * value
         smoothed = average / (1.0 - smoothing ** (index + 1))
         lrs.append(lr)

@@ -41,6 +41,9 @@ def write_final_report(trainer, final_set, evaluation) -> None:
         f"(trainable {sum(p.numel() for p in trainer.model.parameters() if p.requires_grad):,})",
         f"training time: {sum(r['seconds'] for r in trainer.history):.1f} s",
     ]
+    skipped = sum(r.get("skipped_steps", 0) for r in trainer.history)
+    if skipped:
+        lines.append(f"non-finite steps skipped (--nonfinite skip): {skipped}")
     reached = [r for r in trainer.history if "time_to_target_s" in r]
     if reached:
         first = reached[0]

@@ -2,12 +2,19 @@
 
 config.toml          the fully resolved configuration (enough to rerun)
 metrics.jsonl        one line per epoch
-checkpoints/last.safetensors, checkpoints/best.safetensors
+checkpoints/last.safetensors      the newest checkpoint (end of epoch, or where a signal stopped)
+checkpoints/previous.safetensors  the one before it, kept as a fallback for resuming
+checkpoints/best.safetensors      the best epoch's checkpoint
 model.safetensors    final weights, with the model name and build options in the metadata
 curves.png           loss and accuracy against epoch, train and validation
 confusion.png        confusion matrix of the final evaluation
 evaluation.json      final loss, accuracy, per-class accuracy and confusion matrix
 summary.txt          what was trained, how, and how well
+
+Checkpoints are replaced atomically (see fileio.py): `last` never disappears, and the file it
+held until a write becomes `previous` just before the new one takes its name, so a `last` found
+corrupted (a disk or copy gone wrong) has an intact predecessor to resume from. Temp files left
+by a killed writer are removed when the run is resumed.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import time
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
-from cnnlab.fileio import atomic_write_bytes
+from cnnlab.fileio import atomic_write_bytes, remove_stale_temps
 from cnnlab.train.config import TrainConfig
 
 
@@ -61,8 +68,20 @@ class RunFolder:
         return self.path / "checkpoints" / "last.safetensors"
 
     @property
+    def previous(self) -> Path:
+        return self.path / "checkpoints" / "previous.safetensors"
+
+    @property
     def best(self) -> Path:
         return self.path / "checkpoints" / "best.safetensors"
+
+    def resume_candidates(self) -> list[Path]:
+        """The checkpoints a resume may continue from, in the order to try them."""
+        return [self.last, self.previous, self.best]
+
+    def remove_debris(self) -> list[Path]:
+        """Delete the temp files that killed writers left in the run folder; return them."""
+        return remove_stale_temps(self.path) + remove_stale_temps(self.path / "checkpoints")
 
     @property
     def weights(self) -> Path:

@@ -2,12 +2,19 @@
 
 The handler only raises a flag; the training loop sees it after the current step, writes
 checkpoints/last and raises `Interrupted`, whose exit code is 128 + the signal's number (130
-for SIGINT, 143 for SIGTERM), as shells report processes stopped by a signal.
+for SIGINT, 143 for SIGTERM), as shells report processes stopped by a signal. A signal that
+arrives after an epoch's last step stops at that epoch's checkpoint. The first signal decides;
+later ones (a second Ctrl-C while the checkpoint is written) are only acknowledged, so nothing
+breaks off the write. Outside the epochs (setting up, the final evaluation and report) the
+handlers are not installed: there Ctrl-C ends `cnnlab train` with 130 and a one-line message
+(cli/training.py), and SIGTERM ends the process; every file is written atomically, so either
+way the last checkpoint stays whole.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -38,3 +45,11 @@ def catch_stop_signals(on_signal):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def notify(text: str) -> None:
+    """Write `text` to stderr from a signal handler: straight to the file descriptor, because
+    the handler may run while the main thread is inside a write to sys.stderr, whose buffer
+    refuses a reentrant write (RuntimeError)."""
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode())

@@ -1,0 +1,154 @@
+"""Running out of memory says so: the batch size that failed and what to try.
+
+Out-of-memory errors (torch's device OutOfMemoryError, Python's MemoryError, the CPU
+allocator's RuntimeError) raised while training or evaluating become one `OutOfMemory` line
+naming the stage, the batch size, the input size and precision, and what to try (a smaller
+--batch-size, --precision bf16, a smaller --resize); other errors pass through unchanged. A
+real `cnnlab train` under an address-space limit runs out of memory for real.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cnnlab.errors import CnnlabError, OutOfMemory
+from cnnlab.train import TrainConfig, Trainer
+
+ERRORS = {
+    "device": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    "python": lambda: MemoryError(),
+    "cpu-allocator": lambda: RuntimeError(
+        "DefaultCPUAllocator: can't allocate memory: you tried to allocate 21474836480 bytes. "
+        "Error code 12 (Cannot allocate memory)"
+    ),
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def trainer_failing(data, out, error, when: str) -> Trainer:
+    """A trainer of lenet at 28x28 in batches of 16 whose model raises `error()` in forward
+    once in training mode (`when="training"`) or in evaluation mode (`when="evaluation"`)."""
+    config = TrainConfig(
+        model="lenet",
+        data_dir=str(data),
+        out=str(out),
+        epochs=1,
+        batch_size=16,
+        lr=0.1,
+        device="cpu",
+        quiet=True,
+        precise_bn=0,
+        memory_format="contiguous",
+    )
+    trainer = Trainer(config, echo=lambda line: None)
+    setup = trainer.setup
+
+    def patched(*args, **kwargs):
+        setup(*args, **kwargs)
+        forward = trainer.model.forward
+
+        def failing(images):
+            if trainer.model.training == (when == "training"):
+                raise error()
+            return forward(images)
+
+        trainer.model.forward = failing
+
+    trainer.setup = patched
+    return trainer
+
+
+@pytest.mark.parametrize("kind", ERRORS)
+def test_out_of_memory_in_a_training_step_names_batch_and_remedies(fake_data, tmp_path, kind):
+    trainer = trainer_failing(fake_data, tmp_path / "run", ERRORS[kind], "training")
+    with pytest.raises(OutOfMemory) as error:
+        trainer.fit()
+    message = str(error.value)
+    assert message.startswith("out of cpu memory while training (epoch 1) on batches of 16 ")
+    assert "images of 28x28 (fp32)" in message
+    assert "a smaller --batch-size (e.g. 8)" in message
+    assert "--precision bf16" in message
+    assert "a smaller --resize (lenet takes down to 12)" in message
+    assert "\n" not in message and "Traceback" not in message
+    assert error.value.__cause__ is None and error.value.__suppress_context__
+
+
+@pytest.mark.parametrize("kind", ERRORS)
+def test_out_of_memory_in_evaluation_names_its_batch(fake_data, tmp_path, kind):
+    """Evaluation batches are twice the training batch: the message gives the one that failed."""
+    trainer = trainer_failing(fake_data, tmp_path / "run", ERRORS[kind], "evaluation")
+    with pytest.raises(OutOfMemory) as error:
+        trainer.fit()
+    message = str(error.value)
+    assert "while evaluating on fashion-mnist/test on batches of 32 images" in message
+    assert "a smaller --batch-size (e.g. 8)" in message
+
+
+def test_other_errors_are_not_called_out_of_memory(fake_data, tmp_path):
+    trainer = trainer_failing(
+        fake_data, tmp_path / "run", lambda: RuntimeError("mat1 and mat2 shapes differ"), "training"
+    )
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes differ") as error:
+        trainer.fit()
+    assert not isinstance(error.value, CnnlabError)
+
+
+def test_remedies_already_taken_are_not_suggested(fake_data, tmp_path):
+    """At the model's smallest input and in bf16, only the batch size is left to try."""
+    trainer = trainer_failing(fake_data, tmp_path / "run", ERRORS["device"], "training")
+    trainer.config = TrainConfig(**{**vars(trainer.config), "resize": 12, "precision": "bf16"})
+    with pytest.raises(OutOfMemory) as error:
+        trainer.fit()
+    message = str(error.value)
+    assert message.endswith("(bf16); try a smaller --batch-size (e.g. 8)")
+
+
+# `cnnlab train` with its address space limited to what it has after starting plus 1.5 GB: a
+# lenet_bn step at 2048x2048 in batches of 16 needs more (its first convolution's output alone
+# is 1.6 GB), so torch's CPU allocator fails for real.
+LIMITED = """
+import resource, sys
+from cnnlab.cli import main
+
+size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+            if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + 1_500_000_000, size + 1_500_000_000))
+sys.exit(main(["train", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_real_process_out_of_cpu_memory_exits_with_one_line(fake_data, tmp_path):
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [
+            *(sys.executable, "-c", LIMITED, "--model", "lenet_bn", "--resize", "2048"),
+            *("--batch-size", "16", "--epochs", "1", "--device", "cpu", "--threads", "1"),
+            *("--precision", "fp32", "--memory-format", "contiguous", "--quiet"),
+            *("--data-dir", str(fake_data), "--out", str(run)),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(
+        "cnnlab train: error: out of cpu memory while training (epoch 1) on batches of 16 "
+        "images of 2048x2048 (fp32); try a smaller --batch-size (e.g. 8), --precision bf16 or "
+        "a smaller --resize (lenet_bn takes down to 12)"
+    )
+    assert list((run / "checkpoints").iterdir()) == []
