@@ -679,3 +679,38 @@ def test_the_command_line_refuses_bad_files(cli_outcomes, command, kind):
         assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
     if command == "init-from":
         assert not (folder / "new-run").exists()  # refused before the run folder was made
+
+
+@pytest.mark.parametrize(
+    ("section", "change", "message"),
+    [
+        ("scheduler", lambda doc: doc["scheduler"]["state"].update(optimizer=1), "other entries"),
+        ("scheduler", lambda doc: doc["scheduler"]["state"].update(last_epoch="x"), "a str for"),
+        ("optimizer", lambda doc: doc["optimizer"]["param_groups"][0].update(lr="abc"), "a str"),
+    ],
+)
+def test_hostile_optimizer_or_scheduler_state_is_refused_before_loading(
+    tmp_path, section, change, message
+):
+    """Found by fuzzing: such states used to load and crash the first training step."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from cnnlab.train.checkpoint import load_checkpoint, save_checkpoint
+
+    def fresh():
+        model = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return model, optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 2)
+
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, *fresh(), state={"epoch": 1})
+    with safe_open(path, "pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        metadata = handle.metadata()
+    document = json.loads(metadata["cnnlab.checkpoint"])
+    change(document)
+    save_file(tensors, path, metadata={**metadata, "cnnlab.checkpoint": json.dumps(document)})
+    with pytest.raises(CheckpointError, match=message) as raised:
+        load_checkpoint(path, *fresh())
+    assert str(path) in str(raised.value) and section in str(raised.value)

@@ -494,12 +494,40 @@ def _restore_optimizer(
         groups = saved["param_groups"]
         # strict=False: load_state_dict below names a different number of groups
         for group, live in zip(groups, optimizer.param_groups, strict=False):
+            settings = {key: value for key, value in group.items() if key != "params"}
+            live_settings = {key: value for key, value in live.items() if key != "params"}
+            _check_kinds(settings, live_settings, "optimizer's param group", path)
             _restore_tuples(group, live)
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
         raise CheckpointError(
             f"the optimizer state in {path} does not fit this {kind}: {error}"
         ) from None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return type(value).__name__
+    if isinstance(value, (int, float)):
+        return "number"
+    return "list" if isinstance(value, (list, tuple)) else type(value).__name__
+
+
+def _check_kinds(saved: Any, live: dict, what: str, path: Path) -> None:
+    """The saved settings have the live object's keys, each with the same kind of value
+    (JSON turns tuples into lists; a value unset (None) in a fresh object may be anything):
+    a hostile or foreign state would otherwise load and fail at the first step."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"the {what} in {path} is a {_kind(saved)}, expected a mapping")
+    if set(saved) != set(live):
+        odd = sorted(set(saved) ^ set(live))
+        raise CheckpointError(f"the {what} in {path} has other entries than expected: {odd}")
+    for key, value in live.items():
+        if value is not None and _kind(saved[key]) != _kind(value):
+            raise CheckpointError(
+                f"the {what} in {path} holds a {_kind(saved[key])} for {key!r}, "
+                f"expected a {_kind(value)}"
+            )
 
 
 def _restore_tuples(saved_group: dict, live_group: dict) -> None:
@@ -517,6 +545,7 @@ def _restore_scheduler(scheduler: Any, saved: dict | None, path: Path) -> None:
     if saved.get("type") != kind:
         raise CheckpointError(f"{path} holds the state of a {saved.get('type')}, not of {kind}")
     try:
+        _check_kinds(saved["state"], scheduler.state_dict(), "scheduler's state", path)
         scheduler.load_state_dict(saved["state"])
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise CheckpointError(
