@@ -6,7 +6,8 @@ insertion, deletion, appended bytes, and header fields set to extreme values (0,
 (RLIMIT_AS) to what it uses now plus `HEADROOM`, so that a reader that tries to allocate what a
 lying header declares fails loudly (MemoryError or a torch RuntimeError, never a CnnlabError)
 even if it would never touch the pages; `verdict` runs one read under an alarm, so a hang fails
-too, and accepts only a CnnlabError naming the file.
+too, and accepts only a CnnlabError naming the file; `run_fuzz` runs a whole fuzz test under
+the cap and checks how many inputs it tried.
 """
 
 from __future__ import annotations
@@ -140,6 +141,20 @@ def verdict(tally: Tally, reader: str, read: Callable[[], object], *names) -> ob
         signal.signal(signal.SIGALRM, previous)
     tally.outcomes[f"{reader} read"] += 1
     return result
+
+
+def run_fuzz(tally: Tally, test: Callable[[], None], record_property, examples: int) -> None:
+    """Run a Hypothesis test under the memory cap; check it tried at least `examples` inputs and
+    that its peak resident memory stayed within the cap's headroom (the cap itself fails any
+    allocation past it). The tally goes to stdout (-s) and to the JUnit XML report
+    (`record_property`, pytest's fixture)."""
+    with memory_cap() as memory:
+        test()
+    print(tally.line(memory))
+    record_property("fuzz_inputs_tried", tally.tried)
+    record_property("fuzz_outcomes", dict(tally.outcomes))
+    assert tally.tried >= examples, tally.line()
+    assert memory.peak_growth is None or memory.peak_growth < HEADROOM, tally.line(memory)
 
 
 # ---- mutations -------------------------------------------------------------------------------

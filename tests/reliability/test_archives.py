@@ -8,7 +8,7 @@ tests call `_extract` directly, as if a mirror had served a hostile archive, wit
 "data" extraction filter (PEP 706) and without it (older Pythons: cnnlab's own member checks
 alone). Whatever the archive, the outcome is a DownloadError or a complete dataset folder, and
 nothing is written outside the data root, no link is created, no temp folder is left behind.
-IDX files are gzip single streams (no members): `test_fuzz_readers` covers their decompression.
+IDX files are gzip single streams (no members): `test_fuzz_data_readers` covers their decompression.
 """
 
 from __future__ import annotations

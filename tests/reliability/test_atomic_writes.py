@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from training_processes import run_cnnlab
 
 import cnnlab.fileio as fileio
 from cnnlab.errors import CnnlabError
@@ -388,13 +389,7 @@ def test_a_full_disk_stops_training_naming_the_file_and_keeps_the_checkpoints(
     flags = ["--model", "lenet", "--epochs", "3", "--batch-size", "16", "--lr", "0.05"]
     flags += ["--data-dir", str(fake_data), "--out", str(run), "--device", "cpu", "--quiet"]
     flags += ["--memory-format", "contiguous", "--threads", "1"]
-    result = subprocess.run(
-        [sys.executable, "-m", "cnnlab", "train", *flags],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    result = run_cnnlab("train", *flags, env=env)
     folder = RunFolder(run)
     assert result.returncode == 2, result.stderr
     message = result.stderr.strip().splitlines()[-1]

@@ -9,13 +9,12 @@ The processes run a few at a time: each spends most of its second importing torc
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from training_processes import run_cnnlab
 
 TRAP_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -122,13 +121,7 @@ def cnnlab_train(args: list[str], out: Path | None, places: dict) -> subprocess.
         argv += ["--data-dir", str(places["data"]), "--device", "cpu", "--quiet"]
         if "--out" not in argv:
             argv += ["--out", str(out)]
-    return subprocess.run(
-        [sys.executable, "-m", "cnnlab", "train", *argv],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=120,
-    )
+    return run_cnnlab("train", *argv, timeout=120)
 
 
 def listing(places: dict) -> list[str]:

@@ -1,4 +1,4 @@
-"""Every crash the reader fuzz (test_fuzz_readers.py) found, pinned as a named test; the
+"""Every crash the reader fuzz (test_fuzz_*.py) found, pinned as a named test; the
 huge-file cases the fuzz cannot reach (its files are a few kB): sparse files of gigabytes;
 Pillow's pixel limit as it stands; and the command line on hostile data, in a real process.
 

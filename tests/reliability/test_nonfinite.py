@@ -12,17 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from training_processes import run_cnnlab
 
 from cnnlab.errors import CnnlabError, NonFiniteError
 from cnnlab.train import TrainConfig, Trainer
-from cnnlab.train.trainer import SKIP_LIMIT, NonFiniteStep
+from cnnlab.train.failures import SKIP_LIMIT, NonFiniteStep
 
 STEPS_PER_EPOCH = 8  # 120 fake training images in batches of 16
 
@@ -248,15 +246,10 @@ def test_fp16_overflowing_gradients_are_the_scalers_to_skip(fake_data, tmp_path)
 def test_diverging_cli_run_exits_non_zero_without_a_checkpoint(fake_data, tmp_path):
     """A real `cnnlab train` whose learning rate makes it diverge at once."""
     run = tmp_path / "run"
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "cnnlab", "train", "--model", "lenet", "--lr", "1e38"),
-            *("--epochs", "2", "--batch-size", "16", "--device", "cpu", "--threads", "1"),
-            *("--quiet", "--data-dir", str(fake_data), "--out", str(run)),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    result = run_cnnlab(
+        *("train", "--model", "lenet", "--lr", "1e38", "--epochs", "2", "--batch-size", "16"),
+        *("--device", "cpu", "--threads", "1", "--quiet"),
+        *("--data-dir", str(fake_data), "--out", str(run)),
         timeout=120,
     )
     assert result.returncode == 2, result.stderr

@@ -9,15 +9,15 @@ real `cnnlab train` under an address-space limit runs out of memory for real.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
+from training_processes import run_cnnlab
 
 from cnnlab.errors import CnnlabError, OutOfMemory
 from cnnlab.train import TrainConfig, Trainer
+from cnnlab.train import trainer as trainer_module
 
 ERRORS = {
     "device": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
@@ -129,26 +129,61 @@ sys.exit(main(["train", *sys.argv[1:]]))
 """
 
 
+@pytest.mark.parametrize(
+    ("fast_path", "doing"),
+    [
+        (("fp32", "contiguous"), "training (epoch 1)"),
+        (("auto", "auto"), "timing training steps"),  # the fast path's trial steps
+    ],
+    ids=["training-step", "fast-path-timing"],
+)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
-def test_real_process_out_of_cpu_memory_exits_with_one_line(fake_data, tmp_path):
+def test_real_process_out_of_cpu_memory_exits_with_one_line(fake_data, tmp_path, fast_path, doing):
     run = tmp_path / "run"
-    result = subprocess.run(
-        [
-            *(sys.executable, "-c", LIMITED, "--model", "lenet_bn", "--resize", "2048"),
-            *("--batch-size", "16", "--epochs", "1", "--device", "cpu", "--threads", "1"),
-            *("--precision", "fp32", "--memory-format", "contiguous", "--quiet"),
-            *("--data-dir", str(fake_data), "--out", str(run)),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    precision, memory_format = fast_path
+    result = run_cnnlab(
+        *("--model", "lenet_bn", "--resize", "2048"),
+        *("--batch-size", "16", "--epochs", "1", "--device", "cpu", "--threads", "1"),
+        *("--precision", precision, "--memory-format", memory_format, "--quiet"),
+        *("--data-dir", str(fake_data), "--out", str(run)),
+        command=[sys.executable, "-c", LIMITED],
         timeout=120,
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    tips = ", --precision bf16 or" if precision == "fp32" else " or"
+    shown = "fp32" if precision == "fp32" else "auto precision"
     assert result.stderr.startswith(
-        "cnnlab train: error: out of cpu memory while training (epoch 1) on batches of 16 "
-        "images of 2048x2048 (fp32); try a smaller --batch-size (e.g. 8), --precision bf16 or "
-        "a smaller --resize (lenet_bn takes down to 12)"
+        f"cnnlab train: error: out of cpu memory while {doing} on batches of 16 images of "
+        f"2048x2048 ({shown}); try a smaller --batch-size (e.g. 8){tips} a smaller --resize "
+        "(lenet_bn takes down to 12)"
     )
-    assert list((run / "checkpoints").iterdir()) == []
+    if precision == "auto":  # chosen before the run folder is made
+        assert not run.exists()
+    else:
+        assert list((run / "checkpoints").iterdir()) == []
+
+
+def test_out_of_memory_recomputing_batchnorm_statistics(fake_data, tmp_path, monkeypatch):
+    """Precise BatchNorm runs training batches through the model after each epoch."""
+
+    def exhausted(model, batches):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer_module, "recompute_batchnorm", exhausted)
+    config = TrainConfig(
+        model="lenet_bn",
+        data_dir=str(fake_data),
+        out=str(tmp_path / "run"),
+        epochs=1,
+        batch_size=16,
+        device="cpu",
+        quiet=True,
+        precise_bn=3,
+        memory_format="contiguous",
+    )
+    with pytest.raises(OutOfMemory) as error:
+        Trainer(config, echo=lambda line: None).fit()
+    assert str(error.value).startswith(
+        "out of cpu memory while recomputing BatchNorm statistics on batches of 16 images"
+    )

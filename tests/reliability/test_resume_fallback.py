@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_processes import run_cnnlab
 
 from cnnlab.models import create_model
 from cnnlab.train.checkpoint import load_checkpoint, read_weights, save_weights
@@ -102,13 +103,7 @@ def dead_pid() -> int:
 
 
 def cnnlab_resume(run: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cnnlab", "train", "--resume", str(run)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    return run_cnnlab("train", "--resume", str(run))
 
 
 def test_a_truncated_last_is_skipped_with_a_warning_and_previous_used(straight, tmp_path):
@@ -152,10 +147,15 @@ def write_garbage(run: RunFolder, kind: str) -> None:
         save_weights(run.last, model, {"model": "lenet", "num_classes": 10, "in_channels": 1})
     elif kind == "missing":
         run.last.unlink()
+    elif kind == "flipped-bit":  # in the tensor data: still a valid file, but other weights
+        data = bytearray(whole)
+        data[len(data) - 1000] ^= 0x04
+        run.last.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize(
-    "kind", ["empty", "cut-in-header", "random-bytes", "weights-not-checkpoint", "missing"]
+    "kind",
+    ["empty", "cut-in-header", "random-bytes", "weights-not-checkpoint", "missing", "flipped-bit"],
 )
 def test_each_kind_of_unusable_last_falls_back_to_previous(kind, straight, tmp_path, capsys):
     run = damaged_copy(straight, tmp_path)

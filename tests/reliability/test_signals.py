@@ -191,10 +191,13 @@ def test_stop_at_the_early_stopping_epoch_resumes_to_the_report(shared_data, tmp
     assert tensor_hashes(run / "model.safetensors") == best
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("stage", ["setup", "finish"])
-def test_ctrl_c_outside_the_epochs_is_one_line(stage, shared_data, tmp_path, capsys, monkeypatch):
-    """No handler is installed while setting up or writing the report: Ctrl-C there ends
-    `cnnlab train` with 130 and one line saying what can be resumed, not a traceback."""
+def test_a_signal_outside_the_epochs_is_one_line(
+    stage, signum, shared_data, tmp_path, capsys, monkeypatch
+):
+    """Setting up or writing the report, SIGINT and SIGTERM end `cnnlab train` at once with
+    130 or 143 and one line saying what can be resumed, not a traceback or a silent death."""
     run = tmp_path / "run"
     flags = ["train", "--model", "lenet", "--epochs", "1", "--batch-size", "32", "--quiet"]
     flags += ["--device", "cpu", "--memory-format", "contiguous"]
@@ -202,20 +205,45 @@ def test_ctrl_c_outside_the_epochs_is_one_line(stage, shared_data, tmp_path, cap
     original = getattr(Trainer, stage)
 
     def signalled(self, *args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signum)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, stage, signalled)
-    assert main(flags) == 130
+    assert main(flags) == 128 + signum
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("cnnlab train: SIGINT: stopped ")
+    assert len(err) == 1 and err[0].startswith(f"cnnlab train: {signum.name}: stopped while ")
     monkeypatch.undo()
     if stage == "setup":
         assert err[0].endswith("before the run folder was created; nothing to resume")
         assert not run.exists()
         return
+    assert "writing the final evaluation and report" in err[0]
     assert err[0].endswith(f"continue with: cnnlab train --resume {run}")
     assert not (run / "model.safetensors").exists()
     assert main(["train", "--resume", str(run)]) == 0
     with safe_open(run / "model.safetensors", framework="pt") as weights:
         assert weights.metadata()["cnnlab"]
+
+
+def test_a_signal_after_the_run_folder_exists_says_nothing_to_resume(
+    shared_data, tmp_path, capsys, monkeypatch
+):
+    """Stopped in set-up after the run folder was made but before any checkpoint: it says so."""
+    run = tmp_path / "run"
+    flags = ["train", "--model", "lenet", "--epochs", "1", "--batch-size", "32", "--quiet"]
+    flags += ["--device", "cpu", "--data-dir", str(shared_data), "--out", str(run)]
+    original = Trainer.mark
+
+    def signalled(self, stage):
+        if stage == "training_started":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, stage)
+
+    monkeypatch.setattr(Trainer, "mark", signalled)
+    assert main(flags) == 143
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        f"{run} has no checkpoint yet, nothing to resume: remove it or choose "
+        "another --out to start again"
+    )
+    assert (run / "config.toml").is_file()

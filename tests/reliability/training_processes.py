@@ -1,5 +1,6 @@
-"""Real `cnnlab train` processes for the reliability tests: started, watched through their
-progress bar, signalled, and compared by the exact bytes of their tensors."""
+"""Real `cnnlab` processes for the reliability tests: run to their end (`run_cnnlab`), or
+started in the background, watched through their progress bar, signalled, and compared by the
+exact bytes of their tensors."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-TRAIN = [sys.executable, "-m", "cnnlab", "train"]
+CNNLAB = [sys.executable, "-m", "cnnlab"]
+TRAIN = [*CNNLAB, "train"]
 # one math thread, as config.toml records it: a resume and a rerun do the same arithmetic
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TIMING_KEYS = ("seconds", "images_per_s")
@@ -28,10 +30,10 @@ STEPS = 192
 SIGNALLED_WHILE_SAVING = """
 import os, signal, sys
 from cnnlab.cli import main
-from cnnlab.train import checkpoint
+from cnnlab.train import tensorfile
 from cnnlab.train.trainer import Trainer
 
-write, interrupt, stopping = checkpoint.save_file, Trainer.interrupt, []
+write, interrupt, stopping = tensorfile.save_file, Trainer.interrupt, []
 
 def interrupting(self, *args):
     stopping.append(True)
@@ -43,7 +45,7 @@ def save_file(tensors, path, metadata=None):
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGTERM)
 
-checkpoint.save_file, Trainer.interrupt = save_file, interrupting
+tensorfile.save_file, Trainer.interrupt = save_file, interrupting
 sys.exit(main(["train", *sys.argv[1:]]))
 """
 SIGNALLED_WHILE_SAVING_TRAIN = [sys.executable, "-c", SIGNALLED_WHILE_SAVING]
@@ -70,6 +72,25 @@ def parity_flags(data: Path, run: Path) -> list[str]:
         *("--augment", "crop,flip", "--val-split", "0.2", "--seed", "3", "--deterministic"),
         *("--device", "cpu", "--threads", "1", "--data-dir", str(data), "--out", str(run)),
     ]
+
+
+def run_cnnlab(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+    cwd: Path | None = None,
+    command: list[str] = CNNLAB,
+) -> subprocess.CompletedProcess:
+    """`cnnlab ARGS` (or `command` ARGS) run to its end, with one math thread (ENV) unless `env`
+    says otherwise; its stdout and stderr captured as text."""
+    return subprocess.run(
+        [*command, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV if env is None else env,
+        cwd=cwd,
+    )
 
 
 class TrainProcess:

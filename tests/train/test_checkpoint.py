@@ -11,12 +11,13 @@ import struct
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
 from cnnlab.errors import CheckpointError, CnnlabError
 from cnnlab.models import create_model
-from cnnlab.train import checkpoint as ckpt
+from cnnlab.train import tensorfile
 from cnnlab.train.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -159,14 +160,20 @@ def test_a_write_failing_midway_keeps_the_previous_file(tmp_path, monkeypatch):
     save_checkpoint(path, model, state={"epoch": 1})
     before = path.read_bytes()
 
-    def disk_full(tensors, filename, metadata=None):
+    def disk_full(tensors, filename, metadata=None):  # as safetensors reports ENOSPC
         with open(filename, "wb") as file:
             file.write(b"partial")
-        raise OSError(28, "No space left on device")
+        raise SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
 
-    monkeypatch.setattr(ckpt, "save_file", disk_full)
-    with pytest.raises(CnnlabError, match="No space left"):
+    monkeypatch.setattr(tensorfile, "save_file", disk_full)
+    with pytest.raises(CnnlabError) as error:
         save_checkpoint(path, model, state={"epoch": 2})
+    assert str(error.value) == (
+        f"could not write {path}: No space left on device; free some space or write the run "
+        "elsewhere (--out); the previous file, if any, is kept"
+    )
     assert path.read_bytes() == before
     assert [entry.name for entry in tmp_path.iterdir()] == ["last.safetensors"]
 

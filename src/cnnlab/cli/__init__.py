@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from cnnlab import __version__
-from cnnlab.cli import dissect, explain, scratch, training
+from cnnlab.cli import dissect, explain, interop, scratch, training, weights
 from cnnlab.cli.args import CommandParser
 from cnnlab.errors import CnnlabError
 
@@ -44,4 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     dissect.add_data_parser(commands)
     scratch.add_parsers(commands)
     explain.add_parser(commands)
+    interop.add_parsers(commands)
+    weights.add_parsers(commands)
     return parser

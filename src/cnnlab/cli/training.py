@@ -1,9 +1,11 @@
-"""Commands that train and use trained models: train, eval, predict, lr-find, cv, reproduce."""
+"""Commands that train and use trained models: train, eval, predict, lr-find, cv, reproduce,
+report."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from cnnlab.cli.args import parse_options, positive_int
 from cnnlab.errors import CnnlabError
@@ -53,6 +55,8 @@ TRAIN_SWITCHES = [
         "(same torch, CPU type and --threads)",
     ),
     ("--compile", "torch.compile the model"),
+    ("--sync-bn", "under torchrun: synchronise BatchNorm statistics across processes"),
+    ("--tensorboard", "write TensorBoard event files to <run folder>/tensorboard"),
     ("--quiet", "no progress bar: one line per epoch"),
 ]
 
@@ -166,10 +170,36 @@ def add_after_training_parsers(commands) -> None:
     reproduce.add_argument("--out", help="folder for the runs")
     reproduce.add_argument("--device", help="auto, cpu, cuda")
     reproduce.add_argument("--quiet", action="store_true", help="one line per epoch")
+    reproduce.add_argument(
+        "--report",
+        nargs="?",
+        const="",
+        metavar="FILE.html",
+        help="also write the HTML comparison of the runs, d2l's accuracy beside each "
+        "(default file: report.html in the runs' folder)",
+    )
     reproduce.set_defaults(handler=run_reproduce)
+
+    report = commands.add_parser(
+        "report",
+        help="compare run folders: leaderboard, learning curves, confusion matrices",
+        description="Compare run folders side by side. Prints the leaderboard (sorted by test "
+        "accuracy); --html writes one self-contained page with the figures too.",
+    )
+    report.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    report.add_argument("--html", metavar="OUT.html", help="write the HTML report here")
+    report.add_argument("--json", action="store_true", help="print JSON instead of text")
+    report.set_defaults(handler=run_report)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Under torchrun, this process's part of the job (see train/distributed.py)."""
+    from cnnlab.train.distributed import run_job
+
+    return run_job(lambda: train(args))
+
+
+def train(args: argparse.Namespace) -> int:
     """Every setting is checked before any data is loaded or any folder is made."""
     from cnnlab.train.config import check_inputs, config_from, load_toml
     from cnnlab.train.trainer import Trainer
@@ -200,26 +230,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def fit(trainer) -> None:
-    """Train. Ctrl-C outside the epochs (setting up, the final report), where no handler
-    turns it into a checkpoint at a step boundary, ends with 130 and one line, not a
-    traceback: every file is written atomically, so the last checkpoint is whole. An operation
-    torch cannot run deterministically under --deterministic is one clear error too."""
-    from cnnlab.train.stopping import Interrupted
-
+    """Train. An operation torch cannot run deterministically under --deterministic is one
+    clear error, not a traceback."""
     try:
         trainer.fit()
-    except KeyboardInterrupt:
-        run = trainer.run
-        if run is None:
-            where = "before the run folder was created; nothing to resume"
-        elif any(path.is_file() for path in run.resume_candidates()):
-            where = (
-                f"while setting up or finishing; the checkpoints in {run.path / 'checkpoints'} "
-                f"are whole; continue with: cnnlab train --resume {run.path}"
-            )
-        else:
-            where = f"before the first checkpoint; {run.path} has none to resume from"
-        raise Interrupted(f"SIGINT: stopped {where}", 130) from None
     except RuntimeError as error:
         # torch refuses, in deterministic mode, operations it has only nondeterministic
         # kernels for (on CUDA: the backward of adaptive average pooling, for one)
@@ -273,9 +287,11 @@ def training_settings(args: argparse.Namespace, skip: tuple[str, ...]) -> dict:
 
 def run_lr_find(args: argparse.Namespace) -> int:
     from cnnlab.train.config import check_inputs, config_from
+    from cnnlab.train.distributed import refuse_torchrun
     from cnnlab.train.lr_find import format_lr_find, lr_find
     from cnnlab.train.plots import plot_lr_find
 
+    refuse_torchrun("lr-find")
     settings = training_settings(args, ("start_lr", "end_lr", "steps", "plot"))
     config = config_from({**settings, "quiet": True})
     check_inputs(config.resolved(), new_run=False)
@@ -295,7 +311,9 @@ def run_lr_find(args: argparse.Namespace) -> int:
 def run_cv(args: argparse.Namespace) -> int:
     from cnnlab.train.config import check_inputs, config_from
     from cnnlab.train.cross_validation import cross_validate, format_cross_validation
+    from cnnlab.train.distributed import refuse_torchrun
 
+    refuse_torchrun("cv")
     settings = training_settings(args, ("folds",))
     out = settings.pop("out", None)
     config = config_from(settings)
@@ -306,11 +324,16 @@ def run_cv(args: argparse.Namespace) -> int:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    from cnnlab.train.reproduce import format_reproduction, reproduce_d2l
+    from cnnlab.train.distributed import refuse_torchrun
+    from cnnlab.train.html_report import check_report_path
+    from cnnlab.train.reproduce import format_reproduction, report_d2l, reproduce_d2l
 
+    refuse_torchrun("reproduce")
     overrides = {"quiet": True} if args.quiet else {}
     if args.device:
         overrides["device"] = args.device
+    if args.report:  # a file named: refuse a path it cannot be written to before training
+        check_report_path(args.report)
     rows = reproduce_d2l(
         models=args.models,
         epochs=args.epochs,
@@ -319,4 +342,21 @@ def run_reproduce(args: argparse.Namespace) -> int:
         overrides=overrides,
     )
     print(format_reproduction(rows))
+    if args.report is not None:
+        print(f"HTML report written to {report_d2l(rows, args.report or None)}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from cnnlab.train.compare import compare_runs, format_leaderboard
+    from cnnlab.train.html_report import check_report_path, write_html_report
+
+    if args.html:
+        check_report_path(args.html)
+    board = compare_runs(args.runs)
+    print(json.dumps(board.to_dict(), indent=2) if args.json else format_leaderboard(board))
+    if args.html:
+        written = write_html_report(board, args.html)
+        # with --json, stdout stays one JSON document
+        print(f"HTML report written to {written}", file=sys.stderr if args.json else sys.stdout)
     return 0

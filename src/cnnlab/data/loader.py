@@ -17,6 +17,13 @@ Both follow the same epoch rule: iterating uses the current epoch and then advan
 an epoch draws from its own generator on the device, seeded from `seed` and the epoch too. A
 sampler such as `splits.ClassBalancedSampler` (any object with `indices(epoch)` and `len()`)
 replaces the permutation. Without a pipeline, batches are floats in [0, 1].
+
+An `InMemoryLoader` with `shard=(rank, ranks)` serves one of several processes training
+together (train/distributed.py): `batch_size` is then the global batch, and each batch it
+yields is this rank's contiguous part of the global batch one process would get (parts as even
+as possible; a rank whose part is empty gets nothing for that batch), so `len()` and batch
+positions count global batches. Rank r > 0 augments from a stream seeded by (seed, epoch, r);
+rank 0 from the single process's.
 """
 
 from __future__ import annotations
@@ -89,6 +96,7 @@ class InMemoryLoader:
         device: str | torch.device = "cpu",
         pipeline: BatchPipeline | None = None,
         sampler=None,
+        shard: tuple[int, int] = (0, 1),
     ):
         if images_uint8.dtype != torch.uint8 or images_uint8.dim() != 4:
             raise DataError(
@@ -108,6 +116,7 @@ class InMemoryLoader:
         self.pipeline = pipeline
         self.moved = MovedBatches.for_pipeline(self.images, pipeline)
         self.order = EpochOrder(len(labels), shuffle, seed, sampler)
+        self.shard = shard
         self.next_epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -116,6 +125,16 @@ class InMemoryLoader:
     def __len__(self) -> int:
         rounding = math.floor if self.drop_last else math.ceil
         return rounding(len(self.order) / self.batch_size)
+
+    def global_size(self, index: int) -> int:
+        """How many images global batch `index` holds, over all ranks."""
+        return min(self.batch_size, len(self.order) - index * self.batch_size)
+
+    def part(self, start: int, stop: int) -> tuple[int, int]:
+        """This rank's positions of the global batch start..stop."""
+        rank, ranks = self.shard
+        size = stop - start
+        return start + rank * size // ranks, start + (rank + 1) * size // ranks
 
     def __iter__(self):
         epoch = self.next_epoch
@@ -131,14 +150,15 @@ class InMemoryLoader:
             indices = indices.to(self.device)
         self.augment_generator = None
         if self.pipeline is not None and self.pipeline.train_ops:
-            self.augment_generator = seeded_generator(
-                self.seed, AUGMENT_STREAM, epoch, device=self.device
-            )
+            rank = self.shard[0]
+            stream = (AUGMENT_STREAM, epoch, rank) if rank else (AUGMENT_STREAM, epoch)
+            self.augment_generator = seeded_generator(self.seed, *stream, device=self.device)
             if augment_state is not None:
                 self.augment_generator.set_state(augment_state)
         for first in range(start * self.batch_size, len(self) * self.batch_size, self.batch_size):
-            stop = min(first + self.batch_size, len(self.order))
-            yield self.batch(first, stop, indices, self.augment_generator)
+            low, high = self.part(first, min(first + self.batch_size, len(self.order)))
+            if low < high:
+                yield self.batch(low, high, indices, self.augment_generator)
 
     def batch(self, start: int, stop: int, indices: torch.Tensor | None, generator):
         """Positions start..stop of the epoch's order, as (float images, labels)."""

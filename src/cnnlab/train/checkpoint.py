@@ -4,8 +4,8 @@ A checkpoint is one file that lets a run continue exactly where it stopped:
 
 - tensors: the model's state_dict under ``model.<key>``, the optimizer's per-parameter state
   tensors under ``optimizer.state.<param index>.<name>`` (Adam's ``step`` included), torch's
-  global RNG state under ``rng.torch`` and the caller's extra generator states under
-  ``rng.<name>``;
+  global RNG state under ``rng.torch``, on a machine with CUDA each GPU's under
+  ``rng.cuda.<index>``, and the caller's extra generator states under ``rng.<name>``;
 - the string metadata entry ``cnnlab.checkpoint``: a JSON document with the format version,
   the optimizer's param_groups and non-tensor per-parameter values, the scheduler's
   state_dict and the caller's ``state`` (epoch, step, best metric, history, config...).
@@ -16,21 +16,19 @@ entry ``cnnlab``, which is what `load_model` rebuilds the network from.
 
 Both kinds are written atomically and refused while a weight (or an optimizer state tensor) is
 NaN or infinite, so a diverged run never replaces a good file; reading refuses such a file too,
-before anything is restored, so training or inference never starts from it. Reading checks that
-the path is a regular file and the header length against the file size before safetensors sees
-the file (safetensors then checks every tensor's dtype, shape and offsets against the bytes
-there, so no lying header makes it allocate more than the file holds), so an empty, truncated,
-foreign or hostile file ends in one `CheckpointError` naming the file and what is wrong with it.
-A torch.save/pickle file is recognised and refused: nothing here ever unpickles, and there is no
-fallback that would.
+before anything is restored, so training or inference never starts from it. The files
+themselves are written and read by tensorfile.py: with a checksum of the tensors, and a header
+check before safetensors sees a file (safetensors then checks every tensor's dtype, shape and
+offsets against the bytes there, so no lying header makes it allocate more than the file
+holds), so an empty, truncated, damaged, foreign or hostile file ends in one `CheckpointError`
+naming the file and what is wrong with it. A torch.save/pickle file is recognised and refused:
+nothing here ever unpickles, and there is no fallback that would.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import stat
-import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,26 +36,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from cnnlab.errors import CheckpointError, CnnlabError
-from cnnlab.fileio import atomic_path
 from cnnlab.models import create_model
+from cnnlab.train.tensorfile import CHECKSUM_FIELD, read_tensor_file, write_tensor_file
 
 FORMAT_VERSION = 1
 CHECKPOINT_KEY = "cnnlab.checkpoint"
 WEIGHTS_KEY = "cnnlab"
-MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit: a larger claim is corrupt or hostile
 MODEL_PREFIX = "model."
 OPTIMIZER_PREFIX = "optimizer.state."
 RNG_PREFIX = "rng."
 EXTRA_PREFIX = "extra."  # extra models, e.g. the weight average: "extra.<name>.<key>"
 TORCH_RNG = "rng.torch"
+CUDA_RNG_PREFIX = "rng.cuda."  # one per GPU: "rng.cuda.0", ...
 REQUIRED_MODEL_KEYS = ("model", "num_classes", "in_channels")
-_ZIP_MAGIC = b"PK\x03\x04"  # what torch.save writes: a zip archive around a pickle
-_PICKLE_MAGIC = b"\x80"  # a bare pickle (protocol 2 and later)
 _PARTS = {"optimizer": "the optimizer state", "scheduler": "the scheduler state", "state": "state"}
 
 
@@ -98,10 +92,13 @@ def save_checkpoint(
         }
     document["state"] = {} if state is None else state
     tensors[TORCH_RNG] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            tensors[f"{CUDA_RNG_PREFIX}{index}"] = torch.cuda.get_rng_state(index)
     tensors.update(_generator_tensors(generators or {}, path))
     for part, label in _PARTS.items():  # encoded one by one to name the part that fails
         _encode(document[part], label, path)
-    _write(path, tensors, {CHECKPOINT_KEY: json.dumps(document)}, keep_previous)
+    write_tensor_file(path, tensors, CHECKPOINT_KEY, document, keep_previous)
 
 
 def load_checkpoint(
@@ -116,7 +113,7 @@ def load_checkpoint(
     checkpoint. `check_state(state)` sees the saved state first and may refuse the file by
     raising (the trainer refuses a checkpoint of another run) before anything is restored."""
     path = Path(path)
-    tensors, metadata = _read(path)
+    tensors, metadata = read_tensor_file(path)
     document = _checkpoint_document(path, metadata)
     if TORCH_RNG not in tensors:
         raise CheckpointError(f"{path} is incomplete: it has no {TORCH_RNG!r} tensor")
@@ -124,11 +121,14 @@ def load_checkpoint(
     generators = {
         key[len(RNG_PREFIX) :]: value
         for key, value in tensors.items()
-        if key.startswith(RNG_PREFIX) and key != TORCH_RNG
+        if key.startswith(RNG_PREFIX) and key != TORCH_RNG and not key.startswith(CUDA_RNG_PREFIX)
     }
+    cuda_states = {k: v for k, v in tensors.items() if k.startswith(CUDA_RNG_PREFIX)}
     _check_generator_state(TORCH_RNG, tensors[TORCH_RNG], path, cpu_only=True)
     for name, value in generators.items():
         _check_generator_state(RNG_PREFIX + name, value, path)
+    for key, value in cuda_states.items():
+        _check_generator_state(key, value, path)
     if check_state is not None:
         check_state(document["state"])
     weights = {
@@ -148,6 +148,7 @@ def load_checkpoint(
     if scheduler is not None:
         _restore_scheduler(scheduler, document["scheduler"], path)
     torch.set_rng_state(tensors[TORCH_RNG])  # checked above
+    _restore_cuda_rng(cuda_states)
     return Checkpoint(state=document["state"], generators=generators)
 
 
@@ -155,13 +156,14 @@ def save_weights(path: str | os.PathLike, model: nn.Module, metadata: dict) -> N
     """Write the final weights with `metadata` (JSON) under the metadata entry "cnnlab"."""
     path = Path(path)
     tensors = _weight_tensors(model, path)
-    _write(path, tensors, {WEIGHTS_KEY: _encode(metadata, "the metadata", path)})
+    _encode(metadata, "the metadata", path)
+    write_tensor_file(path, tensors, WEIGHTS_KEY, metadata)
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """The state_dict of a weights file and its decoded "cnnlab" metadata ({} when absent)."""
     path = Path(path)
-    tensors, metadata = _read(path)
+    tensors, metadata = read_tensor_file(path)
     if CHECKPOINT_KEY in metadata:
         raise CheckpointError(
             f"{path} is a training checkpoint, not a weights file; "
@@ -176,6 +178,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             f"{path}: metadata {WEIGHTS_KEY!r} should be a JSON object, "
             f"found {type(description).__name__}"
         )
+    description.pop(CHECKSUM_FIELD, None)  # checked by read_tensor_file
     return tensors, description
 
 
@@ -321,67 +324,7 @@ def _encode(value: Any, what: str, path: Path) -> str:
         ) from None
 
 
-def _write(
-    path: Path,
-    tensors: dict[str, torch.Tensor],
-    metadata: dict[str, str],
-    keep_previous: str | os.PathLike | None = None,
-) -> None:
-    with atomic_path(path, keep_previous) as temp:
-        try:
-            save_file(tensors, temp, metadata=metadata)
-        except SafetensorError as error:
-            raise CheckpointError(f"could not write {path}: {error}") from None
-
-
 # Reading
-
-
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors (on the CPU) and the string metadata of a safetensors file."""
-    _check_header(path)
-    try:
-        with safe_open(path, framework="pt") as file:
-            metadata = file.metadata() or {}
-            tensors = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"{path} is not a valid safetensors file: {error}") from None
-    return tensors, metadata
-
-
-def _check_header(path: Path) -> None:
-    """Refuse what safetensors should never be handed: a missing or short file, or a header
-    length that the file cannot hold (truncation, another format, a hostile file)."""
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):  # a folder, or a pipe or device that could block
-            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-            raise CheckpointError(f"{path} is {kind}; expected a .safetensors file")
-        size = info.st_size
-        with open(path, "rb") as file:
-            head = file.read(8)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist") from None
-    except OSError as error:
-        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from None
-    if size == 0:
-        raise CheckpointError(f"{path} is empty, not a safetensors file")
-    if size < 8:
-        raise CheckpointError(
-            f"{path} is not a safetensors file: {size} bytes, fewer than its 8-byte header length"
-        )
-    (length,) = struct.unpack("<Q", head)
-    if length <= min(size - 8, MAX_HEADER_BYTES):
-        return
-    if head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
-        raise CheckpointError(
-            f"{path} is a torch.save/pickle file, not safetensors; cnnlab never unpickles a file "
-            "because unpickling can run arbitrary code"
-        )
-    raise CheckpointError(
-        f"{path} is not a valid safetensors file: its header claims {length} bytes but the file "
-        f"holds {size} bytes (limit {MAX_HEADER_BYTES}); it is truncated or another format"
-    )
 
 
 def _decode(text: str, key: str, path: Path) -> Any:
@@ -411,6 +354,17 @@ def _check_generator_state(key: str, state: torch.Tensor, path: Path, cpu_only=F
         raise CheckpointError(
             f"{path}: the generator state {key} is unusable ({error})".replace("\n", " ")
         ) from None
+
+
+def _restore_cuda_rng(states: dict[str, torch.Tensor]) -> None:
+    """Give each GPU its saved generator state, where this machine has that GPU (a run saved
+    on GPUs may resume on a CPU, where they do not matter)."""
+    if not torch.cuda.is_available():
+        return
+    for key, state in states.items():
+        index = int(key[len(CUDA_RNG_PREFIX) :]) if key[len(CUDA_RNG_PREFIX) :].isdigit() else -1
+        if 0 <= index < torch.cuda.device_count():
+            torch.cuda.set_rng_state(state, index)
 
 
 def _checkpoint_document(path: Path, metadata: dict[str, str]) -> dict:

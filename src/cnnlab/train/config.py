@@ -93,6 +93,8 @@ class TrainConfig:
     precision: str = "fp32"  # "auto": the faster of fp32 and bf16 (fp16 too on GPUs), measured
     memory_format: str = "auto"  # "auto": contiguous or channels_last, whichever steps faster
     compile: bool = False
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch
+    tensorboard: bool = False  # TensorBoard event files in <run folder>/tensorboard
     threads: int | None = None  # CPU threads for the math; None: torch's default, one per core
     quiet: bool = False
     init_from: str | None = None

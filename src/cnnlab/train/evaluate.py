@@ -52,11 +52,14 @@ def evaluate(
     device: torch.device,
     precision: str = "fp32",
     tta: str = "none",
+    total=None,
 ) -> Evaluation:
     """Mean cross-entropy and accuracy over `batches` (an iterable of (images, labels)), with the
     model in eval mode (dropout off, BatchNorm on its running statistics); the model's modes are
     restored afterwards. `tta="flip"` scores each image by the mean of its logits and those of
-    its mirror image (test-time augmentation)."""
+    its mirror image (test-time augmentation). In a distributed job, where each rank evaluates
+    its part of the data, `total` sums a tensor over the ranks (see train/distributed.py), so
+    that every rank gets the evaluation of the whole."""
     modes = {module: module.training for module in model.modules()}
     model.eval()
     metrics = RunningMetrics()
@@ -73,5 +76,8 @@ def evaluate(
     finally:
         for module, training in modes.items():
             module.training = training
+    if total is not None:
+        metrics.sum_across(total, device)
+        confusion = total(confusion)
     result = metrics.result()
     return Evaluation(result["loss"], result["acc"], result["count"], confusion.cpu())

@@ -31,8 +31,7 @@ from cnnlab.errors import CheckpointError, CnnlabError, DataFormatError
 from cnnlab.train import metrics
 from cnnlab.train.checkpoint import load_model
 from cnnlab.train.evaluate import Evaluation, evaluate
-from cnnlab.train.setup import weights_path
-from cnnlab.train.trainer import resolve_device
+from cnnlab.train.setup import resolve_device, weights_path
 
 # What inference needs from the metadata beyond what load_model needs to build the network.
 TRAINING_KEYS = ("classes", "dataset", "image_size", "input_size", "mean", "std")

@@ -2,7 +2,8 @@
 
 `RunningMetrics` sums loss and correct predictions over an epoch on the device the logits live
 on, so a training step never waits for the GPU to report a number; `result()` reads everything
-back in a single transfer. `confusion_matrix`, `per_class_accuracy` and `top_k` serve the final
+back in a single transfer (and `sum_across` adds up the ranks' sums in a distributed job).
+`confusion_matrix`, `per_class_accuracy` and `top_k` serve the final
 evaluation and `cnnlab predict`.
 """
 
@@ -61,6 +62,18 @@ class RunningMetrics:
         self._loss_sum = torch.tensor(float(state["loss_sum"]), dtype=torch.float64, device=device)
         self._correct = torch.tensor(int(state["correct"]), dtype=torch.int64, device=device)
         self.count = int(state["count"])
+
+    def sum_across(self, total, device: torch.device | str = "cpu") -> None:
+        """Replace the sums by `total(sums)`, a function summing a float64 tensor over the ranks
+        of a distributed job (see train/distributed.py): then they count every rank's batches.
+        One collective; a single process's `total` returns the tensor as it is."""
+        state = self.state()
+        sums = [state["loss_sum"], state["correct"], state["count"]]
+        summed = total(torch.tensor(sums, dtype=torch.float64, device=device))
+        loss_sum, correct, count = summed.tolist()
+        self.load_state(
+            {"loss_sum": loss_sum, "correct": int(correct), "count": int(count)}, device
+        )
 
     def result(self) -> dict:
         """{"loss": mean loss, "acc": top-1 accuracy, "count": samples}; NaN loss and accuracy

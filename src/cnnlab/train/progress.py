@@ -7,6 +7,7 @@ device.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import TextIO
@@ -47,3 +48,21 @@ class EpochBar:
         if self.enabled and self.last_draw > float("-inf"):
             self.stream.write("\r\033[K")
             self.stream.flush()
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """The line an epoch ends with: its losses, accuracies, rate and what was clipped."""
+    line = (
+        f"epoch {record['epoch']}/{epochs}  train loss {record['train_loss']:.4f} "
+        f"acc {record['train_acc']:.4f}"
+    )
+    if record["val_loss"] is not None:
+        line += f"  val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
+    line += (
+        f"  lr {record['lr']:.3g}  {record['images_per_s']:,.0f} img/s  {record['seconds']:.1f} s"
+    )
+    if record["clipped_steps"]:
+        line += f"  clipped {record['clipped_steps']} steps"
+    if record.get("skipped_steps"):
+        line += f"  skipped {record['skipped_steps']} non-finite steps"
+    return line if math.isfinite(record["train_loss"]) else line + "  (non-finite loss)"

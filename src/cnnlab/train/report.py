@@ -25,6 +25,15 @@ def weights_metadata(trainer) -> dict:
     }
 
 
+def batch_text(trainer) -> str:
+    """The global batch, and under torchrun how the processes shared it."""
+    size, ranks = trainer.config.batch_size, trainer.ranks.world_size
+    if ranks == 1:
+        return str(size)
+    synced = ", BatchNorm synchronised" if trainer.config.sync_bn else ""
+    return f"{size} ({ranks} processes x {size // ranks}{synced})"
+
+
 def write_final_report(trainer, final_set, evaluation) -> None:
     run, config, classes = trainer.run, trainer.config, trainer.data.classes
     save_weights(run.weights, trainer.eval_model, weights_metadata(trainer))
@@ -35,7 +44,7 @@ def write_final_report(trainer, final_set, evaluation) -> None:
     lines = [
         f"cnnlab {__version__}: {config.model} on {config.dataset}",
         f"epochs run: {len(trainer.history)} of {config.epochs}; optimizer {config.optimizer}, "
-        f"lr {config.lr}, batch {config.batch_size}, input {config.resize}x{config.resize}, "
+        f"lr {config.lr}, batch {batch_text(trainer)}, input {config.resize}x{config.resize}, "
         f"schedule {config.schedule}, augment {config.augment}",
         f"parameters: {sum(p.numel() for p in trainer.model.parameters()):,} "
         f"(trainable {sum(p.numel() for p in trainer.model.parameters() if p.requires_grad):,})",

@@ -4,7 +4,9 @@ and put our test accuracy beside the one the book printed.
 The recipes are TOML training configs in the repository's recipes/d2l folder, one per network,
 with d2l's hyperparameters for Fashion-MNIST (plain SGD, 10 epochs, the book's batch size,
 learning rate and input size). `reproduce_d2l` runs them one after another, each into its own
-run folder, and returns one row per network: published accuracy, ours, epochs and seconds.
+run folder, and returns one row per network: published accuracy, ours, epochs, seconds and
+the run folder. `report_d2l` puts those runs in the HTML comparison (html_report.py), the
+book's figure beside each network's.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def reproduce_d2l(
                 "ours": _test_accuracy(trainer.run.path),
                 "epochs": len(history),
                 "seconds": round(seconds, 1),
+                "run": str(trainer.run.path),
             }
         )
         atomic_write_bytes(root / "reproduction.json", (json.dumps(rows, indent=2) + "\n").encode())
@@ -120,6 +123,21 @@ def format_reproduction(rows: list[dict]) -> str:
         "runs vary by a point or more)"
     )
     return "\n".join(lines)
+
+
+def report_d2l(rows: list[dict], path: str | Path | None = None) -> Path:
+    """Write the HTML comparison of the runs in `rows` (see reproduce_d2l), d2l's published
+    accuracy beside each, to `path` (default: report.html beside the runs); return the path."""
+    from cnnlab.train.compare import compare_runs
+    from cnnlab.train.html_report import write_html_report
+
+    if not rows:
+        raise CnnlabError("no reproduced runs to report on: expected at least one")
+    runs = [row["run"] for row in rows]
+    board = compare_runs(runs, reference=D2L_PUBLISHED, reference_title="d2l acc")
+    target = Path(path) if path else Path(runs[0]).parent / "report.html"
+    title = "Reproducing Dive into Deep Learning on Fashion-MNIST"
+    return write_html_report(board, target, title=title)
 
 
 def _changes(epochs: int | None, data_dir: str | None, overrides: dict | None) -> dict:

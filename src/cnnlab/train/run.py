@@ -53,6 +53,13 @@ class RunFolder:
         return RunFolder(path)
 
     @staticmethod
+    def start(config: TrainConfig) -> RunFolder:
+        """A new run folder (see `create`) holding the run's config.toml."""
+        run = RunFolder.create(config)
+        run.write_config(config)
+        return run
+
+    @staticmethod
     def existing(path: str | Path) -> RunFolder:
         folder = RunFolder(path)
         if not folder.config_file.is_file():

@@ -121,3 +121,11 @@ def freeze_features(model: nn.Module) -> int:
     for param in frozen:
         param.requires_grad_(False)
     return sum(p.numel() for p in frozen)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CnnlabError("--device cuda was asked for, but PyTorch sees no CUDA device here")
+    return torch.device(name)

@@ -6,9 +6,8 @@ for SIGINT, 143 for SIGTERM), as shells report processes stopped by a signal. A 
 arrives after an epoch's last step stops at that epoch's checkpoint. The first signal decides;
 later ones (a second Ctrl-C while the checkpoint is written) are only acknowledged, so nothing
 breaks off the write. Outside the epochs (setting up, the final evaluation and report) the
-handlers are not installed: there Ctrl-C ends `cnnlab train` with 130 and a one-line message
-(cli/training.py), and SIGTERM ends the process; every file is written atomically, so either
-way the last checkpoint stays whole.
+trainer's handler stops the run at once with the same exit codes: no checkpoint is being
+written then, every file is written atomically, and the last checkpoint stays whole.
 """
 
 from __future__ import annotations

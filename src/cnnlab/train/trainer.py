@@ -14,18 +14,16 @@ optimizer step (one host sync per step): the run stops naming the epoch and step
 size and what to try. SIGINT or SIGTERM finishes the current
 step, writes checkpoints/last and stops with exit code 130 or 143; `Trainer.resume(folder)`
 continues from it exactly (same weights as an uninterrupted run with `deterministic`, on CPU).
+Under torchrun each process trains its part of every global batch with DistributedDataParallel;
+what involves the other processes goes through `self.ranks` (see distributed.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
-import json
-import math
 import os
 import signal
-import sys
 import time
 import warnings
 
@@ -35,30 +33,31 @@ from torch import nn
 from cnnlab.clock import seconds_since_start
 from cnnlab.data.loader import InMemoryLoader
 from cnnlab.data.splits import class_weights
-from cnnlab.errors import CheckpointError, CnnlabError, NonFiniteError, OutOfMemory
+from cnnlab.errors import CnnlabError
 from cnnlab.train.batchnorm import frozen_norms, recompute_batchnorm
 from cnnlab.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from cnnlab.train.config import TrainConfig, config_from, load_toml
+from cnnlab.train.distributed import current_ranks
 from cnnlab.train.ema import WeightAverage
 from cnnlab.train.evaluate import Evaluation, autocast, evaluate
+from cnnlab.train.failures import (
+    SKIP_LIMIT,
+    NonFiniteStep,
+    check_finite,
+    memory_advice,
+    memory_hint,
+    non_finite_error,
+    weights_finite,
+)
 from cnnlab.train.fast_path import settle
 from cnnlab.train.metrics import RunningMetrics
 from cnnlab.train.optim import build_optimizer, build_schedule, l1_penalty
-from cnnlab.train.progress import EpochBar
+from cnnlab.train.progress import EpochBar, epoch_line
+from cnnlab.train.resume import check_same_run, load_resumable, run_identity
 from cnnlab.train.run import RunFolder
-from cnnlab.train.setup import RunData, build_model, load_run_data, pipelines
+from cnnlab.train.setup import RunData, build_model, load_run_data, pipelines, resolve_device
 from cnnlab.train.stopping import Interrupted, catch_stop_signals, notify
-
-SKIP_LIMIT = 10  # nonfinite="skip" stops after this many non-finite steps in a row
-
-
-class NonFiniteStep(NonFiniteError):
-    """A training step refused before the weights changed: its `what` ("loss" or "gradients")
-    was NaN or infinite."""
-
-    def __init__(self, what: str):
-        super().__init__(f"the training {what} became NaN or infinite; the step was not applied")
-        self.what = what
+from cnnlab.train.tensorboard import TensorBoardLog
 
 
 class Trainer:
@@ -73,7 +72,8 @@ class Trainer:
         """`data` replaces loading the configured dataset (cross-validation folds use it);
         `model` replaces building config.model (the explain experiments train their own)."""
         self.config = config.resolved()
-        self.echo = echo
+        self.ranks = current_ranks()  # a single process, or this one's place in a torchrun job
+        self.echo = echo if self.ranks.is_main else lambda line: None  # rank 0 alone prints
         self.run = run
         self.data = data
         self.given_model = model
@@ -82,6 +82,8 @@ class Trainer:
         self.history: list[dict] = []
         self.timeline: dict[str, float] = {}  # seconds from process start at each stage
         self.stop_signal: int | None = None
+        self.signal_pending: int | None = None  # under torchrun, until every rank knows: agree
+        self.stage = "setting up"  # or "training", then writing the final report
         self.skipped = 0  # the epoch's steps skipped as non-finite (nonfinite="skip")
         self.skipped_in_a_row = 0
         self.allow_mismatch = False  # resume a checkpoint of another model or data (see resume)
@@ -95,7 +97,8 @@ class Trainer:
         run = RunFolder.existing(folder)
         if not any(path.is_file() for path in run.resume_candidates()):
             raise CnnlabError(f"{folder} has no checkpoint to resume from ({run.last} is missing)")
-        run.remove_debris()
+        if current_ranks().is_main:  # rank 0's folder: no other rank writes there
+            run.remove_debris()
         trainer = cls(config_from(load_toml(run.config_file)), run=run, echo=echo)
         trainer.allow_mismatch = allow_mismatch
         return trainer
@@ -107,12 +110,17 @@ class Trainer:
         `create_run` is False (the learning-rate finder trains without one)."""
         config = self.config
         self.mark("setup_started")
+        # first: a missing tensorboard package stops the run before data or run folder exist
+        self.tensorboard = TensorBoardLog(
+            enabled=config.tensorboard and create_run and self.ranks.is_main
+        )
         torch.manual_seed(config.seed)
         # process-wide: set either way, so that an earlier deterministic run does not leak; only
         # on a change, because the call imports torch's compiler stack (2 s on a 2-core CPU)
         if torch.are_deterministic_algorithms_enabled() != config.deterministic:
             torch.use_deterministic_algorithms(config.deterministic)
-        self.device = resolve_device(config.device)
+        self.ranks = current_ranks(resolve_device(config.device))
+        self.device = self.ranks.device  # under torchrun on CUDA, this process's own GPU
         if config.deterministic and self.device.type == "cuda":
             # cuBLAS is deterministic only with a fixed workspace, and in deterministic mode
             # torch refuses every cuBLAS matmul unless this is set before the first one
@@ -123,13 +131,15 @@ class Trainer:
             torch.set_num_threads(config.threads)
         config = self.config = dataclasses.replace(config, threads=torch.get_num_threads())
         if self.data is None:
-            self.data = load_run_data(config, progress=not config.quiet)
+            progress = not config.quiet and self.ranks.is_main
+            self.data = self.ranks.main_first(lambda: load_run_data(config, progress=progress))
         self.mark("data_loaded")
         in_channels = self.data.train.image_size[0]
         self.num_classes = len(self.data.classes)
         model = self.given_model or build_model(config, self.num_classes, in_channels)
         self.model = model.to(self.device)
         train_pipeline, self.eval_pipeline = pipelines(config, self.data)
+        self.ranks.check_batches(config.batch_size, len(self.data.train))
         self.train_loader = InMemoryLoader(
             self.data.train.images,
             self.data.train.labels,
@@ -137,19 +147,24 @@ class Trainer:
             seed=config.seed,
             device=self.device,
             pipeline=train_pipeline,
+            shard=self.ranks.shard,
         )
         weights = None
         if config.class_weights:
             weights = class_weights(self.data.train.labels, self.num_classes).to(self.device)
         self.criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
-        config = self.config = settle(
-            config, self.model, self.train_loader, self.criterion, self.device, self.echo
-        )
+        with self.memory_hint("timing training steps", config.batch_size):
+            config = self.config = self.ranks.from_main(  # every rank takes rank 0's choice
+                lambda: settle(
+                    config, self.model, self.train_loader, self.criterion, self.device, self.echo
+                )
+            )
         self.mark("step_chosen")
         self.channels_last = config.memory_format == "channels_last"
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.model, parallel = self.ranks.parallel(self.model, config.sync_bn)
+        self.forward = torch.compile(parallel) if config.compile else parallel
         self.optimizer = build_optimizer(
             self.model, config.optimizer, config.lr, config.momentum, config.weight_decay
         )
@@ -164,8 +179,7 @@ class Trainer:
         self.eval_model = self.average.model if self.average else self.model  # what is evaluated
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         if self.run is None and create_run:
-            self.run = RunFolder.create(config)
-            self.run.write_config(config)
+            self.run = self.ranks.from_main(lambda: RunFolder.start(config))
         self.mark("training_started")
 
     def eval_batches(self, data):
@@ -176,6 +190,7 @@ class Trainer:
             shuffle=False,
             device=self.device,
             pipeline=self.eval_pipeline,
+            shard=self.ranks.shard,
         )
         return self.formatted(loader)
 
@@ -193,10 +208,16 @@ class Trainer:
     # ---- the loop ---------------------------------------------------------------------------
 
     def fit(self) -> list[dict]:
-        """Train for the configured epochs (or until early stopping); return the history."""
-        self.setup()
-        position = self.restore() if self.resuming else {"epoch": 0, "next_batch": 0}
+        """Train for the configured epochs (or until early stopping); return the history.
+        A stop signal while setting up or writing the final report ends the run at once (see
+        ask_to_stop); during the epochs it ends it at the next step boundary."""
         with catch_stop_signals(self.ask_to_stop):
+            self.stage = "setting up"
+            self.setup()
+            position = self.restore() if self.resuming else {"epoch": 0, "next_batch": 0}
+            self.ranks.reseed(self.config.seed, position["epoch"], position["next_batch"])
+            self.tensorboard.start(self, position)
+            self.stage = "training"
             # a resumed run whose epochs already ended it (stopped between that decision and
             # the final report) goes straight to the report, as the uninterrupted run did
             first = self.config.epochs if self.ended() else position["epoch"]
@@ -204,12 +225,14 @@ class Trainer:
                 record = self.train_epoch(epoch, position.get("next_batch", 0), position)
                 position = {"epoch": epoch + 1, "next_batch": 0}
                 self.end_epoch(epoch, record)
+                self.agree()  # a signal after the epoch's last step, on any rank
                 if self.stop_signal is not None or self.ended():
                     break
             if self.stop_signal is not None:  # arrived after an epoch's last step
                 raise self.stopped(f"after epoch {len(self.history)}")
-        self.mark("training_finished")
-        self.finish()
+            self.stage = "writing the final evaluation and report"
+            self.mark("training_finished")
+            self.finish()
         return self.history
 
     def train_epoch(self, epoch: int, start: int, position: dict) -> dict:
@@ -218,23 +241,26 @@ class Trainer:
         for norm in frozen_norms(self.model):
             norm.eval()
         metrics = RunningMetrics()
-        if start:
+        if start and self.ranks.is_main:  # the sums of every rank before the interruption
             metrics.load_state(position["metrics"], self.device)
         # a resumed epoch counts on from the clipped and skipped steps before the interruption
         clipped = torch.tensor(position.get("clipped", 0) if start else 0, device=self.device)
         self.skipped = position.get("skipped", 0) if start else 0
-        bar = EpochBar(epoch + 1, config.epochs, len(loader), enabled=not config.quiet)
+        shown = not config.quiet and self.ranks.is_main
+        bar = EpochBar(epoch + 1, config.epochs, len(loader), enabled=shown)
         started, seen = time.perf_counter(), 0
         batches = loader.epoch_batches(epoch, start, position.get("augment_state"))
         with self.memory_hint(f"training (epoch {epoch + 1})", config.batch_size):
             for index, (images, labels) in enumerate(batches, start=start):
+                whole = loader.global_size(index)  # this rank's labels are part of it
                 try:
-                    loss, logits = self.step(images, labels, clipped)
+                    share = len(labels) * self.ranks.world_size / whole
+                    loss, logits = self.step(images, labels, clipped, share)
                     metrics.update(loss * len(labels), logits, labels)
                     self.skipped_in_a_row = 0
                 except NonFiniteStep as problem:
                     self.skip_or_stop(problem.what, epoch, index)
-                seen += len(labels)
+                seen += whole
                 if bar.due():
                     result = metrics.result()
                     rate = seen / max(time.perf_counter() - started, 1e-9)
@@ -246,6 +272,7 @@ class Trainer:
         if not self.weights_finite():  # the update of the epoch's last step overflowed
             self.stop_non_finite(f"the weights became NaN or infinite in epoch {epoch + 1}")
         seconds = time.perf_counter() - started
+        metrics.sum_across(self.ranks.total, self.device)
         result = metrics.result()
         return {
             "epoch": epoch + 1,
@@ -258,9 +285,10 @@ class Trainer:
             "skipped_steps": self.skipped,
         }
 
-    def step(self, images, labels, clipped: torch.Tensor):
+    def step(self, images, labels, clipped: torch.Tensor, share: float = 1.0):
         """One optimisation step; the loss and logits, detached. A NaN or infinite loss or
-        gradient raises NonFiniteStep before the weights, optimiser or schedule change."""
+        gradient raises NonFiniteStep before the weights, optimiser or schedule change. `share`
+        weights an uneven part of a global batch (see distributed.py)."""
         config = self.config
         self.optimizer.zero_grad(set_to_none=True)
         images = self.in_model_format(images)
@@ -274,8 +302,9 @@ class Trainer:
                     loss = loss + config.aux_weight * self.criterion(aux.float(), labels)
         if config.l1:
             loss = loss + l1_penalty(self.model, config.l1)
-        self.scaler.scale(loss).backward()
-        self.check_finite(loss)
+        self.scaler.scale(loss if share == 1 else loss * share).backward()
+        self.tensorboard.after_backward(loss)  # before check_finite: skipped steps count too
+        self.check_step(loss)
         if config.clip_grad_norm:
             self.scaler.unscale_(self.optimizer)
             norm = nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad_norm)
@@ -287,30 +316,29 @@ class Trainer:
             self.average.update(self.model)
         return loss.detach(), logits.detach().float()
 
+    def check_step(self, loss: torch.Tensor) -> None:
+        """check_finite, agreed under torchrun: all ranks apply, skip or stop the same step."""
+        problem = None
+        try:
+            check_finite(loss, self.optimizer, self.scaler)
+        except NonFiniteStep as refused:
+            problem = refused.what
+        if problem := self.agree(problem):
+            raise NonFiniteStep(problem)
+
+    def agree(self, problem: str | None = None) -> str | None:
+        """This rank's step verdict and pending stop signal made every rank's (one collective;
+        a single process keeps its own): a signal anywhere becomes stop_signal everywhere."""
+        problem, signum = self.ranks.agree(problem, self.signal_pending)
+        self.stop_signal = self.stop_signal or signum
+        return problem
+
     def mark(self, stage: str) -> None:
         """Record when `stage` was reached, in seconds from process start."""
         self.timeline[stage] = round(seconds_since_start(), 3)
 
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
-
-    def check_finite(self, loss: torch.Tensor) -> None:
-        """Raise NonFiniteStep if the loss or a gradient is NaN or infinite, with one host sync:
-        the gradients' largest magnitude (one fused pass) is NaN or infinite exactly when one
-        of them is. Under fp16 loss scaling only the loss is checked: gradients overflowing the
-        scale are the GradScaler's to skip, and it lowers the scale."""
-        values = [loss.detach().float().reshape(1)]
-        grads = [
-            param.grad
-            for group in self.optimizer.param_groups
-            for param in group["params"]
-            if param.grad is not None
-        ]
-        if grads and not self.scaler.is_enabled():
-            values.append(nn.utils.get_total_norm(grads, math.inf).float().reshape(1))
-        finite = torch.isfinite(torch.cat(values))
-        if not finite.all():
-            raise NonFiniteStep("loss" if not finite[0] else "gradients")
 
     def skip_or_stop(self, what: str, epoch: int, index: int) -> None:
         """After a step refused by check_finite: with `nonfinite="skip"` leave the weights as
@@ -340,48 +368,22 @@ class Trainer:
         self.skipped += 1
 
     def weights_finite(self) -> bool:
-        """Whether every weight and buffer (BatchNorm statistics too) is finite; one sync."""
-        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
-        return not tensors or bool(torch.isfinite(nn.utils.get_total_norm(tensors, math.inf)))
+        return self.ranks.everywhere(weights_finite(self.model))
 
     def stop_non_finite(self, what: str, option: str = "") -> None:
-        last = self.run.last if self.run is not None else None
-        kept = last if last is not None and last.exists() else "none: no epoch finished"
-        raise NonFiniteError(
-            f"{what}; stopped (try a lower --lr, {option}or --clip-grad-norm); no checkpoint "
-            f"was written from it: the last good checkpoint is {kept}"
-        )
+        raise non_finite_error(what, self.run.last if self.run is not None else None, option)
 
-    @contextlib.contextmanager
     def memory_hint(self, doing: str, batch_size: int):
-        """Running out of device or host memory while `doing` a batch of `batch_size` images
-        becomes an OutOfMemory that says so and what to try; other errors pass unchanged."""
-        try:
-            yield
-        except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
-            if not _out_of_memory(error):
-                raise
-            raise OutOfMemory(self.memory_advice(doing, batch_size)) from None
-
-    def memory_advice(self, doing: str, batch_size: int) -> str:
-        config = self.config
-        cfg = getattr(self.model, "default_cfg", None)
-        smallest = cfg.min_input_size[0] if cfg is not None else config.resize
-        tips = [f"a smaller --batch-size (e.g. {max(1, config.batch_size // 2)})"]
-        if config.precision == "fp32":
-            tips.append("--precision bf16" + (" or fp16" if self.device.type == "cuda" else ""))
-        if config.resize > smallest:
-            tips.append(f"a smaller --resize ({config.model} takes down to {smallest})")
-        return (
-            f"out of {self.device.type} memory while {doing} on batches of {batch_size} images "
-            f"of {config.resize}x{config.resize} ({config.precision}); try "
-            + (", ".join(tips[:-1]) + " or " + tips[-1] if len(tips) > 1 else tips[0])
+        """Running out of memory in the block names `doing`, the batch size and what to try."""
+        return memory_hint(
+            lambda: memory_advice(self.config, self.model, self.device, doing, batch_size)
         )
 
     # ---- epochs, checkpoints, stopping ------------------------------------------------------
 
     def end_epoch(self, epoch: int, record: dict) -> None:
         self.recompute_batchnorm(epoch)
+        self.ranks.broadcast_buffers(self.eval_model)  # rank 0's statistics, which it saves
         val = self.evaluate(self.data.val) if self.data.val is not None else None
         record["val_loss"] = val.loss if val else None
         record["val_acc"] = val.acc if val else None
@@ -389,13 +391,15 @@ class Trainer:
         if target is not None and val.acc >= target:
             record["time_to_target_s"] = round(seconds_since_start(), 3)
         self.history.append(record)
-        self.run.write_metrics(self.history)
+        if self.ranks.is_main:
+            self.run.write_metrics(self.history)
+        self.tensorboard.end_epoch(record)
         improved = self.track_best(record)
         state = self.state(epoch + 1, 0)
         self.save(self.run.last, state)
         if improved:
             self.save(self.run.best, state)
-        self.echo(_epoch_line(record, self.config.epochs))
+        self.echo(epoch_line(record, self.config.epochs))
 
     def recompute_batchnorm(self, epoch: int) -> None:
         """Precise BatchNorm statistics (see batchnorm.py) from `precise_bn` training batches,
@@ -409,9 +413,12 @@ class Trainer:
             seed=self.config.seed + epoch,
             device=self.device,
             pipeline=self.eval_pipeline,
+            # synchronised statistics from the ranks' parts; else every rank's from the whole
+            shard=self.ranks.shard if self.config.sync_bn else (0, 1),
         )
         batches = itertools.islice(self.formatted(loader), self.config.precise_bn)
-        recompute_batchnorm(self.eval_model, batches)
+        with self.memory_hint("recomputing BatchNorm statistics", self.config.batch_size):
+            recompute_batchnorm(self.eval_model, batches)
 
     def monitored(self) -> tuple[str, int]:
         """The metric that picks the best epoch, and +1 where larger is better."""
@@ -453,7 +460,9 @@ class Trainer:
                 f"early stopping: no better {self.config.early_stopping_metric} for "
                 f"{self.config.early_stopping} epochs; restoring the best weights"
             )
-            load_checkpoint(self.run.best, self.model, extra_models=self.extras())
+            if self.ranks.is_main:  # and the others get the weights from it
+                load_checkpoint(self.run.best, self.model, extra_models=self.extras())
+            self.ranks.broadcast_state(self.model, *self.extras().values())
             return True
         return False
 
@@ -484,6 +493,8 @@ class Trainer:
         return {"ema": self.average.model} if self.average else {}
 
     def save(self, path, state: dict, generators: dict | None = None) -> None:
+        if not self.ranks.is_main:  # rank 0 alone writes the run folder
+            return
         # replacing `last` keeps its predecessor as `previous`, a fallback for resuming; but
         # not a `last` that a resume found unusable
         is_last = path == self.run.last
@@ -501,6 +512,7 @@ class Trainer:
         self.rotate_last = self.rotate_last or is_last
 
     def interrupt(self, epoch: int, next_batch: int, metrics: RunningMetrics, clipped: int) -> None:
+        metrics.sum_across(self.ranks.total, self.device)  # rank 0 saves every rank's sums
         generators = {}
         if self.train_loader.augment_generator is not None:
             generators["augment"] = self.train_loader.augment_generator.get_state()
@@ -510,6 +522,7 @@ class Trainer:
     def stopped(self, where: str) -> Interrupted:
         """The stop by `self.stop_signal`, once checkpoints/last holds the state `where`."""
         name = signal.Signals(self.stop_signal).name
+        self.tensorboard.close()
         return Interrupted(
             f"{name}: stopped {where}; checkpoint written to {self.run.last}; continue with: "
             f"cnnlab train --resume {self.run.path}",
@@ -529,7 +542,8 @@ class Trainer:
             position["metrics"] = state["metrics"]
             position["clipped"] = state.get("clipped", 0)
             position["skipped"] = state.get("skipped", 0)
-            position["augment_state"] = checkpoint.generators.get("augment")
+            if self.ranks.is_main:  # rank 0's stream; the others restart theirs
+                position["augment_state"] = checkpoint.generators.get("augment")
         source = "" if self.resumed_from == self.run.last else f" from {self.resumed_from.name}"
         self.echo(
             f"resuming {self.run.path} at epoch {state['epoch'] + 1}, step {state['next_batch']}"
@@ -538,88 +552,61 @@ class Trainer:
         return position
 
     def load_resumable(self) -> Checkpoint:
-        """Restore the model, optimiser, scheduler and weight average from the newest usable
-        checkpoint of the run: `last`, else `previous`, else `best`, warning on stderr about
-        each one skipped; a clear error if none can be loaded."""
-        skipped = []
-        for path in self.run.resume_candidates():
-            if not path.is_file():
-                if path == self.run.last:
-                    problem = f"{path} is missing"
-                    skipped.append(problem)
-                    print(f"warning: cannot resume from {path.name}: {problem}", file=sys.stderr)
-                continue
-            try:
-                checkpoint = load_checkpoint(
-                    path,
-                    self.model,
-                    self.optimizer,
-                    self.scheduler,
-                    self.extras(),
-                    check_state=lambda state, path=path: self.check_same_run(path, state),
-                )
-                _check_resumable(path, checkpoint.state)
-            except CheckpointError as error:
-                skipped.append(str(error))
-                print(f"warning: cannot resume from {path.name}: {error}", file=sys.stderr)
-                continue
-            if skipped:
-                print(f"warning: resuming from {path} instead", file=sys.stderr)
-            self.resumed_from = path
-            # an unusable `last` is replaced by the next save, never kept as `previous`
-            self.rotate_last = path == self.run.last
-            return checkpoint
-        raise CheckpointError(
-            f"cannot resume {self.run.path}: none of its checkpoints can be loaded "
-            f"({'; '.join(skipped)})"
+        """Restore from the run's newest usable checkpoint (see resume.py)."""
+        checkpoint, self.resumed_from = load_resumable(
+            self.run,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.extras(),
+            check_state=self.check_same_run,
         )
+        # an unusable `last` is replaced by the next save, never kept as `previous`
+        self.rotate_last = self.resumed_from == self.run.last
+        return checkpoint
 
     def identity(self) -> dict:
-        """What a checkpoint must share with the run that resumes it: model, classes, data."""
-        identity = {
-            "model": self.config.model,
-            "model_options": self.config.model_options,
-            "dataset": self.config.dataset,
-            "classes": self.data.classes,
-            "in_channels": self.data.train.image_size[0],
-            "input_size": self.config.resize,
-            "training_images": len(self.data.train),
-        }
-        return json.loads(json.dumps(identity))  # as it reads back from a checkpoint
+        return run_identity(self.config, self.data)
 
     def check_same_run(self, path, state) -> None:
-        """Refuse (CnnlabError, not CheckpointError: no other checkpoint is tried) a checkpoint
-        written for another model, class list or dataset than this run's config.toml, naming
-        both sides; with `allow_mismatch`, warn and go on. Older checkpoints say nothing."""
-        saved = state.get("run") if isinstance(state, dict) else None
-        if not isinstance(saved, dict):
-            return
-        differences = [
-            f"{key} {_shown(saved.get(key))} in the checkpoint but {_shown(value)} in "
-            f"{self.run.config_file}"
-            for key, value in self.identity().items()
-            if saved.get(key) != value
-        ]
-        if not differences:
-            return
-        if self.allow_mismatch:
-            self.echo(f"warning: resuming {path} despite: {'; '.join(differences)}")
-            return
-        raise CnnlabError(
-            f"cannot resume {self.run.path}: {path} was written for another run: "
-            f"{'; '.join(differences)}. Resume the run folder that checkpoint came from, or "
-            f"give --allow-mismatch to continue from it anyway (its weights must still fit)"
-        )
+        check_same_run(self.run, self.identity(), path, state, self.allow_mismatch, self.echo)
 
     def ask_to_stop(self, signum: int) -> None:
-        """The signal handler: the loop stops at the next step boundary. The first signal
-        decides the exit code; more (an impatient second Ctrl-C) change nothing, so they
-        cannot break off the checkpoint being written."""
-        if self.stop_signal is None:
-            self.stop_signal = signum
-            notify("\nstopping after this step, writing a checkpoint...\n")
+        """The signal handler. During the epochs the loop stops at the next step boundary; the
+        first signal decides the exit code, and more (an impatient second Ctrl-C) change
+        nothing, so they cannot break off the checkpoint being written. Setting up or writing
+        the final report, the run stops at once: no checkpoint is being written then (every
+        file is written atomically), and the last one stays the place to resume from."""
+        if self.stop_signal is not None or self.signal_pending is not None:
+            if self.ranks.is_main:
+                notify("already stopping: the checkpoint is being written, please wait...\n")
+            return
+        training = getattr(self, "stage", "training") == "training"
+        if training and self.ranks.distributed:
+            self.signal_pending = signum  # every rank stops at the same step: see agree
         else:
-            notify("already stopping: the checkpoint is being written, please wait...\n")
+            self.stop_signal = signum
+        if training:
+            if self.ranks.is_main:
+                notify("\nstopping after this step, writing a checkpoint...\n")
+            return
+        raise self.stopped_outside_epochs()
+
+    def stopped_outside_epochs(self) -> Interrupted:
+        name, run = signal.Signals(self.stop_signal).name, self.run
+        if run is None:
+            outcome = "before the run folder was created; nothing to resume"
+        elif not any(path.is_file() for path in run.resume_candidates()):
+            outcome = (
+                f"{run.path} has no checkpoint yet, nothing to resume: remove it or choose "
+                f"another --out to start again"
+            )
+        else:
+            outcome = (
+                f"the checkpoints in {run.path / 'checkpoints'} are whole; continue with: "
+                f"cnnlab train --resume {run.path}"
+            )
+        return Interrupted(f"{name}: stopped while {self.stage}; {outcome}", 128 + self.stop_signal)
 
     # ---- the end ----------------------------------------------------------------------------
 
@@ -633,6 +620,7 @@ class Trainer:
                 self.device,
                 self.config.precision,
                 self.config.tta,
+                total=self.ranks.total,
             )
 
     def finish(self) -> None:
@@ -642,57 +630,6 @@ class Trainer:
         evaluation = self.evaluate(final_set) if final_set is not None else None
         self.final_evaluation = evaluation
         self.mark("evaluated")
-        write_final_report(self, final_set, evaluation)
-
-
-def _check_resumable(path, state) -> None:
-    """Refuse a checkpoint without the training position (one saved by save_checkpoint alone)."""
-    if not isinstance(state, dict):
-        state = {}
-    missing = [key for key in ("epoch", "next_batch", "history") if key not in state]
-    if missing:
-        raise CheckpointError(
-            f"{path} is not a checkpoint of a training run: its state has no {', '.join(missing)}"
-        )
-
-
-def _shown(value) -> str:
-    """A short form of an identity value: lists give their length and first items."""
-    if isinstance(value, list):
-        items = ", ".join(map(str, value[:4])) + (", ..." if len(value) > 4 else "")
-        return f"{len(value)} [{items}]"
-    return repr(value)
-
-
-def _out_of_memory(error: BaseException) -> bool:
-    """torch's device out-of-memory error, Python's MemoryError, or the RuntimeError of torch's
-    CPU allocator ("DefaultCPUAllocator: can't allocate memory" / "not enough memory")."""
-    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(error)
-    return "DefaultCPUAllocator" in text and ("can't allocate" in text or "not enough" in text)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError("--device cuda was asked for, but PyTorch sees no CUDA device here")
-    return torch.device(name)
-
-
-def _epoch_line(record: dict, epochs: int) -> str:
-    line = (
-        f"epoch {record['epoch']}/{epochs}  train loss {record['train_loss']:.4f} "
-        f"acc {record['train_acc']:.4f}"
-    )
-    if record["val_loss"] is not None:
-        line += f"  val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}"
-    line += (
-        f"  lr {record['lr']:.3g}  {record['images_per_s']:,.0f} img/s  {record['seconds']:.1f} s"
-    )
-    if record["clipped_steps"]:
-        line += f"  clipped {record['clipped_steps']} steps"
-    if record.get("skipped_steps"):
-        line += f"  skipped {record['skipped_steps']} non-finite steps"
-    return line if math.isfinite(record["train_loss"]) else line + "  (non-finite loss)"
+        if self.ranks.is_main:
+            write_final_report(self, final_set, evaluation)
+        self.tensorboard.close()
