@@ -11,14 +11,14 @@ over the epoch's training time, evaluation excluded) from metrics.jsonl, the med
 epochs after the first (warm-up) and over --rounds rounds; layouts take turns in each round, so
 a burst of load elsewhere hits them all. The ratio compares each layout with the first.
 
-On a CPU machine the default layouts put the same cores to work two ways: 1x2 (one process,
-two threads) and 2x1 (two processes of one thread, Gloo); BatchNorm models also run 2x1 with
---sync-bn. On GPUs (--device cuda) each process drives its own GPU: give --layouts 1x1 2x1 4x1
-8x1 for 1 to 8 GPUs.
+On a CPU machine the default layouts put the same 2 cores to work two ways, 1x2 (one process,
+two threads) and 2x1 (two processes of one thread, Gloo), beside 1x1 (one core's worth);
+BatchNorm models also run each multi-process layout with --sync-bn. On GPUs (--device cuda)
+each process drives its own GPU: give --layouts 1x1 2x1 4x1 8x1 for 1 to 8 GPUs.
 
 Run: CNNLAB_DATA=../shared/data python benchmarks/distributed_scaling.py
-     [--models lenet_bn resnet18] [--layouts 1x2 2x1] [--images N] [--epochs E] [--rounds R]
-     [--device cpu|cuda]
+     [--models lenet_bn resnet18] [--layouts 1x2 2x1 1x1] [--images N] [--batch-size B]
+     [--epochs E] [--rounds R] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from machine import describe
+from torch import nn
 
 from cnnlab.data import load_dataset
+from cnnlab.models import create_model
 
 # model: (input size, global batch, training images): about 10-30 s of training per epoch on the
 # 2-core development machine
@@ -86,7 +88,7 @@ def command(layout: str, flags: list[str]) -> list[str]:
 
 def measure(model: str, layout: str, sync_bn: bool, data: Path, out: Path, args) -> list[float]:
     """images/s of each epoch after the first, in a fresh run."""
-    size, batch, _ = SETTINGS[model]
+    size, batch = SETTINGS[model][0], args.batch_size or SETTINGS[model][1]
     flags = [
         *("--model", model, "--resize", str(size), "--batch-size", str(batch)),
         *("--epochs", str(args.epochs), "--precision", "fp32", "--memory-format", "contiguous"),
@@ -102,23 +104,28 @@ def measure(model: str, layout: str, sync_bn: bool, data: Path, out: Path, args)
     return [record["images_per_s"] for record in records[1:]]
 
 
+def has_batchnorm(model: str) -> bool:
+    built = create_model(model, num_classes=10, in_channels=1)
+    return any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in built.modules())
+
+
 def variants(models: list[str], layouts: list[str]) -> list[tuple[str, str, bool]]:
     """(model, layout, sync_bn) to measure; BatchNorm models also with --sync-bn."""
     rows = []
     for model in models:
         rows += [(model, layout, False) for layout in layouts]
-        if "bn" in model or "resnet" in model:
-            rows += [(model, layout, True) for layout in layouts if layout[0] != "1"]
+        if has_batchnorm(model):
+            rows += [(model, layout, True) for layout in layouts if int(layout.split("x")[0]) > 1]
     return rows
 
 
-def table(results: dict, rows: list[tuple[str, str, bool]]) -> str:
+def table(results: dict, rows: list[tuple[str, str, bool]], batch_size: int | None = None) -> str:
     lines = [
         "| model | input | global batch | layout (processes x threads) | images/s | vs first |",
         "|---|---|---:|---|---:|---:|",
     ]
     for model, layout, sync_bn in rows:
-        size, batch, _ = SETTINGS[model]
+        size, batch = SETTINGS[model][0], batch_size or SETTINGS[model][1]
         rate = statistics.median(results[(model, layout, sync_bn)])
         first = statistics.median(results[next(r for r in rows if r[0] == model)])
         name = f"{layout}{' --sync-bn' if sync_bn else ''}"
@@ -131,10 +138,11 @@ def table(results: dict, rows: list[tuple[str, str, bool]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["lenet_bn", "resnet18"])
-    parser.add_argument("--layouts", nargs="+", default=["1x2", "2x1"])
+    parser.add_argument("--layouts", nargs="+", default=["1x2", "2x1", "1x1"])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--images", type=int, help="training images (default: per model)")
+    parser.add_argument("--batch-size", type=int, help="global batch (default: per model)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--data-dir", default=os.environ.get("CNNLAB_DATA"))
     args = parser.parse_args()
@@ -157,7 +165,7 @@ def main() -> None:
     print(f"command: {shlex.join(['python', *sys.argv])}")
     images = {model: args.images or SETTINGS[model][2] for model in args.models}
     print(f"training images: {images}; epochs {args.epochs} (first excluded); rounds {args.rounds}")
-    print(table(results, rows))
+    print(table(results, rows, args.batch_size))
 
 
 if __name__ == "__main__":

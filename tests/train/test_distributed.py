@@ -6,7 +6,7 @@ environment, refusals) on their own.
 Tolerances, as the largest difference of a final tensor relative to the reference tensor's
 largest magnitude (at least 1e-3: conv biases in front of BatchNorm get no gradient and stay
 near zero). The ranks' gradients are averaged by an all-reduce instead of summed in one
-backward pass, so float32 rounding differs: LeNet agrees to about 2e-6 after 78 steps, checked
+backward pass, so float32 rounding differs: LeNet agrees to about 5e-7 after 78 steps, checked
 at 2e-5. BatchNorm over batches of 8 amplifies rounding (one process alone, its first layer's
 weights changed by 1e-7, ends 2e-5 away after 13 steps): LeNet-BN with --sync-bn agrees to
 about 3e-5, checked at 5e-4; without --sync-bn the two processes end 1.0 away.
@@ -64,9 +64,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def torchrun() -> list[str]:
+def torchrun(*launcher: str) -> list[str]:
     return [
-        *(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"),
+        *(sys.executable, "-m", "torch.distributed.run", *launcher, "--nproc-per-node", "2"),
         *("--master-addr", "127.0.0.1", "--master-port", str(free_port())),
         *("-m", "cnnlab", "train"),
     ]
@@ -215,11 +215,13 @@ def test_torchrun_refuses_a_batch_the_processes_cannot_share_in_one_line(runs, t
 
 def test_a_non_finite_loss_stops_both_processes_at_the_same_step_in_one_line(runs, tmp_path):
     flags = [*LENET, "--lr", "1e37", "--data-dir", str(runs["data"]), "--quiet"]
-    stopped = run([*torchrun(), *flags, "--out", str(tmp_path / "run")])
+    # torchrun looks at its workers every 2 s, not every 0.1 s: once one rank has exited, the
+    # other gets time to exit by itself rather than by torchrun's SIGTERM
+    stopped = run([*torchrun("--monitor-interval", "2"), *flags, "--out", str(tmp_path / "run")])
     lines = [line for line in stopped.stderr.splitlines() if line.startswith("cnnlab train")]
     assert len(lines) == 1, stopped.stderr[-3000:]
     assert re.match(r"cnnlab train: error: the training loss became NaN or infinite at ", lines[0])
-    # both ranks stopped by themselves, with the CLI's exit code: neither waited for the other
+    # both ranks ended by themselves with the CLI's exit code: no crash, no hang
     assert sorted(re.findall(r"exitcode\s+:\s+(-?\d+)", stopped.stderr)) == ["2", "2"]
 
 

@@ -2,9 +2,9 @@
 
 `RunningMetrics` sums loss and correct predictions over an epoch on the device the logits live
 on, so a training step never waits for the GPU to report a number; `result()` reads everything
-back in a single transfer (and `sum_across` adds up the ranks' sums in a distributed job).
-`confusion_matrix`, `per_class_accuracy` and `top_k` serve the final
-evaluation and `cnnlab predict`.
+back in a single transfer, and `sum_across` adds up the ranks' sums in a distributed job.
+`confusion_matrix`, `per_class_accuracy` and `top_k` serve the final evaluation and
+`cnnlab predict`.
 """
 
 from __future__ import annotations
