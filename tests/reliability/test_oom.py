@@ -37,22 +37,17 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def small_config(data, out, **overrides) -> TrainConfig:
+    """One epoch of lenet at 28x28 in batches of 16, contiguous fp32, on the CPU."""
+    values = dict(model="lenet", epochs=1, batch_size=16, device="cpu", quiet=True)
+    values.update(memory_format="contiguous", data_dir=str(data), out=str(out))
+    return TrainConfig(**{**values, **overrides})
+
+
 def trainer_failing(data, out, error, when: str) -> Trainer:
     """A trainer of lenet at 28x28 in batches of 16 whose model raises `error()` in forward
     once in training mode (`when="training"`) or in evaluation mode (`when="evaluation"`)."""
-    config = TrainConfig(
-        model="lenet",
-        data_dir=str(data),
-        out=str(out),
-        epochs=1,
-        batch_size=16,
-        lr=0.1,
-        device="cpu",
-        quiet=True,
-        precise_bn=0,
-        memory_format="contiguous",
-    )
-    trainer = Trainer(config, echo=lambda line: None)
+    trainer = Trainer(small_config(data, out, lr=0.1, precise_bn=0), echo=lambda line: None)
     setup = trainer.setup
 
     def patched(*args, **kwargs):
@@ -171,17 +166,7 @@ def test_out_of_memory_recomputing_batchnorm_statistics(fake_data, tmp_path, mon
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(trainer_module, "recompute_batchnorm", exhausted)
-    config = TrainConfig(
-        model="lenet_bn",
-        data_dir=str(fake_data),
-        out=str(tmp_path / "run"),
-        epochs=1,
-        batch_size=16,
-        device="cpu",
-        quiet=True,
-        precise_bn=3,
-        memory_format="contiguous",
-    )
+    config = small_config(fake_data, tmp_path / "run", model="lenet_bn", precise_bn=3)
     with pytest.raises(OutOfMemory) as error:
         Trainer(config, echo=lambda line: None).fit()
     assert str(error.value).startswith(
