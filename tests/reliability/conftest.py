@@ -1,5 +1,6 @@
 """Fixtures shared by the reliability tests: the real training run that the weight-file tests
-make bad files from, and the scratch folder of a fuzz test."""
+make bad files from, the scratch folder of a fuzz test, and one torch thread for in-process
+training."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from weight_file_inputs import trained_workspace
 
 
@@ -26,3 +28,13 @@ def workdir() -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="cnnlab-fuzz-"))
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One math thread for tiny in-process runs: two threads on two busy cores spin more than
+    they compute. The previous count is put back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

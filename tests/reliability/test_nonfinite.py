@@ -25,12 +25,7 @@ from cnnlab.train.failures import SKIP_LIMIT, NonFiniteStep
 STEPS_PER_EPOCH = 8  # 120 fake training images in batches of 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config(data, out, **overrides) -> TrainConfig:

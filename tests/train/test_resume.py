@@ -28,7 +28,8 @@ from trainer_helpers import (
 
 from cnnlab.errors import CnnlabError
 from cnnlab.train.checkpoint import load_model
-from cnnlab.train.trainer import Interrupted, Trainer
+from cnnlab.train.stopping import Interrupted
+from cnnlab.train.trainer import Trainer
 
 # ---- resume equals uninterrupted ----------------------------------------------------------------
 

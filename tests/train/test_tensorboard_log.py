@@ -25,8 +25,9 @@ from trainer_helpers import (
 )
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.stopping import Interrupted
 from cnnlab.train.tensorboard import LOG_BUDGET, TensorBoardLog
-from cnnlab.train.trainer import Interrupted, Trainer
+from cnnlab.train.trainer import Trainer
 
 # deterministic: no timing picks the arithmetic, so runs with and without logging compare exactly
 LOGGED = dict(epochs=2, val_split=0.2, deterministic=True, tensorboard=True)

@@ -1,7 +1,8 @@
 """Training: the trainer, optimisers and schedules, checkpoints, metrics."""
 
 from cnnlab.train.config import TrainConfig, config_from
-from cnnlab.train.trainer import Interrupted, Trainer
+from cnnlab.train.stopping import Interrupted
+from cnnlab.train.trainer import Trainer
 
 __all__ = ["Interrupted", "TrainConfig", "Trainer", "train"]
 

@@ -11,8 +11,8 @@ Loss and accuracy accumulate on the device; the host reads them only when the pr
 redraws and at the end of an epoch. A NaN or infinite loss or gradient is caught before the
 optimizer step (one host sync per step): the run stops naming the epoch and step, or with
 `nonfinite="skip"` the step is skipped and counted. Running out of memory names the batch
-size and what to try. SIGINT or SIGTERM finishes the current
-step, writes checkpoints/last and stops with exit code 130 or 143; `Trainer.resume(folder)`
+size and what to try (failures.py). SIGINT or SIGTERM finishes the current step, writes
+checkpoints/last and stops with exit code 130 or 143 (checkpointing.py); `Trainer.resume(folder)`
 continues from it exactly (same weights as an uninterrupted run with `deterministic`, on CPU).
 Under torchrun each process trains its part of every global batch with DistributedDataParallel;
 what involves the other processes goes through `self.ranks` (see distributed.py).
@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import signal
 import time
 import warnings
 
@@ -35,7 +34,8 @@ from cnnlab.data.loader import InMemoryLoader
 from cnnlab.data.splits import class_weights
 from cnnlab.errors import CnnlabError
 from cnnlab.train.batchnorm import frozen_norms, recompute_batchnorm
-from cnnlab.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.train.checkpointing import Checkpointing
 from cnnlab.train.config import TrainConfig, config_from, load_toml
 from cnnlab.train.distributed import current_ranks
 from cnnlab.train.ema import WeightAverage
@@ -53,14 +53,13 @@ from cnnlab.train.fast_path import settle
 from cnnlab.train.metrics import RunningMetrics
 from cnnlab.train.optim import build_optimizer, build_schedule, l1_penalty
 from cnnlab.train.progress import EpochBar, epoch_line
-from cnnlab.train.resume import check_same_run, load_resumable, run_identity
 from cnnlab.train.run import RunFolder
 from cnnlab.train.setup import RunData, build_model, load_run_data, pipelines, resolve_device
-from cnnlab.train.stopping import Interrupted, catch_stop_signals, notify
+from cnnlab.train.stopping import catch_stop_signals
 from cnnlab.train.tensorboard import TensorBoardLog
 
 
-class Trainer:
+class Trainer(Checkpointing):
     def __init__(
         self,
         config: TrainConfig,
@@ -469,144 +468,6 @@ class Trainer:
     def should_stop_early(self) -> bool:
         patience = self.config.early_stopping
         return bool(patience) and self.history[-1]["epoch"] - self.best["epoch"] >= patience
-
-    def state(
-        self,
-        epoch: int,
-        next_batch: int,
-        metrics: RunningMetrics | None = None,
-        clipped: int = 0,
-    ) -> dict:
-        return {
-            "epoch": epoch,
-            "next_batch": next_batch,
-            "history": self.history,
-            "best": getattr(self, "best", None),
-            "metrics": metrics.state() if metrics is not None else None,
-            "clipped": clipped,
-            "skipped": self.skipped,
-            "average_updates": self.average.updates if self.average else 0,
-            "run": self.identity(),
-        }
-
-    def extras(self) -> dict:
-        return {"ema": self.average.model} if self.average else {}
-
-    def save(self, path, state: dict, generators: dict | None = None) -> None:
-        if not self.ranks.is_main:  # rank 0 alone writes the run folder
-            return
-        # replacing `last` keeps its predecessor as `previous`, a fallback for resuming; but
-        # not a `last` that a resume found unusable
-        is_last = path == self.run.last
-        keep = self.run.previous if is_last and self.rotate_last else None
-        save_checkpoint(
-            path,
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            state,
-            generators,
-            self.extras(),
-            keep_previous=keep,
-        )
-        self.rotate_last = self.rotate_last or is_last
-
-    def interrupt(self, epoch: int, next_batch: int, metrics: RunningMetrics, clipped: int) -> None:
-        metrics.sum_across(self.ranks.total, self.device)  # rank 0 saves every rank's sums
-        generators = {}
-        if self.train_loader.augment_generator is not None:
-            generators["augment"] = self.train_loader.augment_generator.get_state()
-        self.save(self.run.last, self.state(epoch, next_batch, metrics, clipped), generators)
-        raise self.stopped(f"at epoch {epoch + 1}, step {next_batch}")
-
-    def stopped(self, where: str) -> Interrupted:
-        """The stop by `self.stop_signal`, once checkpoints/last holds the state `where`."""
-        name = signal.Signals(self.stop_signal).name
-        self.tensorboard.close()
-        return Interrupted(
-            f"{name}: stopped {where}; checkpoint written to {self.run.last}; continue with: "
-            f"cnnlab train --resume {self.run.path}",
-            128 + self.stop_signal,
-        )
-
-    def restore(self) -> dict:
-        checkpoint = self.load_resumable()
-        state = checkpoint.state
-        if self.average is not None:
-            self.average.updates = state.get("average_updates", 0)
-        self.history = state["history"]
-        if state.get("best"):
-            self.best = state["best"]
-        position = {"epoch": state["epoch"], "next_batch": state["next_batch"]}
-        if state["next_batch"]:
-            position["metrics"] = state["metrics"]
-            position["clipped"] = state.get("clipped", 0)
-            position["skipped"] = state.get("skipped", 0)
-            if self.ranks.is_main:  # rank 0's stream; the others restart theirs
-                position["augment_state"] = checkpoint.generators.get("augment")
-        source = "" if self.resumed_from == self.run.last else f" from {self.resumed_from.name}"
-        self.echo(
-            f"resuming {self.run.path} at epoch {state['epoch'] + 1}, step {state['next_batch']}"
-            + source
-        )
-        return position
-
-    def load_resumable(self) -> Checkpoint:
-        """Restore from the run's newest usable checkpoint (see resume.py)."""
-        checkpoint, self.resumed_from = load_resumable(
-            self.run,
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            self.extras(),
-            check_state=self.check_same_run,
-        )
-        # an unusable `last` is replaced by the next save, never kept as `previous`
-        self.rotate_last = self.resumed_from == self.run.last
-        return checkpoint
-
-    def identity(self) -> dict:
-        return run_identity(self.config, self.data)
-
-    def check_same_run(self, path, state) -> None:
-        check_same_run(self.run, self.identity(), path, state, self.allow_mismatch, self.echo)
-
-    def ask_to_stop(self, signum: int) -> None:
-        """The signal handler. During the epochs the loop stops at the next step boundary; the
-        first signal decides the exit code, and more (an impatient second Ctrl-C) change
-        nothing, so they cannot break off the checkpoint being written. Setting up or writing
-        the final report, the run stops at once: no checkpoint is being written then (every
-        file is written atomically), and the last one stays the place to resume from."""
-        if self.stop_signal is not None or self.signal_pending is not None:
-            if self.ranks.is_main:
-                notify("already stopping: the checkpoint is being written, please wait...\n")
-            return
-        training = getattr(self, "stage", "training") == "training"
-        if training and self.ranks.distributed:
-            self.signal_pending = signum  # every rank stops at the same step: see agree
-        else:
-            self.stop_signal = signum
-        if training:
-            if self.ranks.is_main:
-                notify("\nstopping after this step, writing a checkpoint...\n")
-            return
-        raise self.stopped_outside_epochs()
-
-    def stopped_outside_epochs(self) -> Interrupted:
-        name, run = signal.Signals(self.stop_signal).name, self.run
-        if run is None:
-            outcome = "before the run folder was created; nothing to resume"
-        elif not any(path.is_file() for path in run.resume_candidates()):
-            outcome = (
-                f"{run.path} has no checkpoint yet, nothing to resume: remove it or choose "
-                f"another --out to start again"
-            )
-        else:
-            outcome = (
-                f"the checkpoints in {run.path / 'checkpoints'} are whole; continue with: "
-                f"cnnlab train --resume {run.path}"
-            )
-        return Interrupted(f"{name}: stopped while {self.stage}; {outcome}", 128 + self.stop_signal)
 
     # ---- the end ----------------------------------------------------------------------------
 
