@@ -21,7 +21,7 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from cnnlab.train.config import TrainConfig
+from cnnlab.runs.config import TrainConfig
 from cnnlab.train.trainer import Trainer
 
 

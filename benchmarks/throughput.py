@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cnnlab.analysis import summarize
 from cnnlab.models import create_model
-from cnnlab.train.config import TrainConfig, load_toml
+from cnnlab.runs.config import TrainConfig, load_toml
 from cnnlab.train.metrics import RunningMetrics
 from cnnlab.train.setup import load_run_data
 from cnnlab.train.trainer import Trainer, resolve_device

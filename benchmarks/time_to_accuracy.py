@@ -1,6 +1,6 @@
 """Benchmark: time to accuracy on Fashion-MNIST (issue 5, table 2).
 
-For each `fast` recipe (train/recipes.py) and each seed, one fresh `python -m cnnlab train
+For each `fast` recipe (runs/recipes.py) and each seed, one fresh `python -m cnnlab train
 --recipe R --seed S` process, as a user would type it. Measured per run:
 
 - the final test accuracy (the run's evaluation.json: the whole 10,000-image test set);

@@ -1,7 +1,9 @@
 """Shared test settings and fixtures: a small thread count so the suite behaves the same on any
-machine, and a tiny fake Fashion-MNIST written as IDX gzip files."""
+machine, one thread for the folders that train in-process, and a tiny fake Fashion-MNIST
+written as IDX gzip files."""
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -9,7 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Under pytest-xdist every worker is a process of its own: one math thread each, so that the
+# workers share the cores instead of contending for them.
+torch.set_num_threads(
+    1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads())
+)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -42,3 +48,23 @@ def fake_data(tmp_path) -> Path:
 def shared_data(tmp_path_factory) -> Path:
     """The same fake Fashion-MNIST, written once for a whole test module."""
     return write_fake_fashion_mnist(tmp_path_factory.mktemp("shared") / "data")
+
+
+# Folders whose tests train tiny models in-process: one math thread is steadier and faster there
+# (two threads on two busy cores spin more than they compute).
+ONE_THREAD_FOLDERS = {"train", "runs", "reports", "studies"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_global_flags(request):
+    """One thread in those folders; the process-wide settings a deterministic run changes are
+    put back."""
+    folders = set(request.node.path.relative_to(Path(__file__).parent).parts[:-1])
+    if not ONE_THREAD_FOLDERS & folders:
+        yield
+        return
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cnnlab.cli import main
-from cnnlab.data import load_dataset, resolve_root
+from cnnlab.data import dataset_splits, load_dataset, resolve_root
 from cnnlab.errors import DataError, MissingDataError
 
 REAL_DATA = os.environ.get("CNNLAB_DATA")
@@ -81,15 +81,82 @@ def test_data_info_cli_text_json_and_grid(tmp_path, capsys):
     argv = ["data", "info", "fashion-mnist", "--data-dir", str(tmp_path), "--no-download"]
     assert main([*argv, "--grid", str(grid), "--per-class", "3"]) == 0
     out = capsys.readouterr().out
-    assert "30 images of 1x28x28" in out and "Ankle boot" in out and str(grid) in out
+    assert "30 images of 1x28x28" in out and "Ankle boot" in out
+    assert f"grid of samples of fashion-mnist/train written to {grid}" in out
     with Image.open(grid) as image:
         assert image.format == "PNG"
         assert image.size[1] == 10 * (28 * 2 + 2) and image.size[0] > 3 * 56
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     assert main([*argv, "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    assert info["images"] == 30 and info["per_class"]["Trouser"] == 3
-    assert 0.45 < info["mean"][0] < 0.55  # uniform random pixels
+    train = json.loads(capsys.readouterr().out)["splits"]["train"]
+    assert train["images"] == 30 and train["per_class"]["Trouser"] == 3
+    assert 0.45 < train["mean"][0] < 0.55  # uniform random pixels
+
+
+def test_data_info_reports_every_split_unless_one_is_named(tmp_path, capsys):
+    fake_fashion_mnist(tmp_path)
+    argv = ["data", "info", "fashion-mnist", "--data-dir", str(tmp_path), "--no-download"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fashion-mnist: 40 images in 2 splits (train 30, test 10)\n")
+    assert "fashion-mnist/train: 30 images" in out and "fashion-mnist/test: 10 images" in out
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dataset"] == "fashion-mnist" and report["images"] == 40
+    assert {split: info["images"] for split, info in report["splits"].items()} == {
+        "train": 30,
+        "test": 10,
+    }
+    assert main([*argv, "--split", "test", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["splits"]) == ["test"] and report["images"] == 10
+    assert report["splits"]["test"]["name"] == "fashion-mnist/test"
+
+
+def pet_folder(root: Path, splits: tuple[str, ...]) -> Path:
+    """Two classes of 8x8 PNGs in each split folder (or flat when `splits` is empty), with as
+    many images per class as the split's position in `splits` plus one."""
+    for count, split in enumerate(splits or ("",), start=1):
+        for label, name in enumerate(("cat", "dog")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.full((8, 8, 3), 40 * label + i, dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_data_info_on_an_image_folder_reports_its_split_folders(tmp_path, capsys):
+    pets = pet_folder(tmp_path / "pets", ("test", "train"))
+    assert main(["data", "info", str(pets), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(split, info["images"]) for split, info in report["splits"].items()] == [
+        ("train", 4),
+        ("test", 2),
+    ]
+    assert report["images"] == 6 and report["splits"]["train"]["name"] == "pets/train"
+    assert main(["data", "info", str(pets), "--split", "val"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "split folders ['test', 'train']" in err and "found split='val'" in err
+
+
+def test_data_info_on_a_flat_folder_reports_it_as_one_split(tmp_path, capsys):
+    pets = pet_folder(tmp_path / "pets", ())
+    assert main(["data", "info", str(pets), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["splits"]) == ["all"] and report["splits"]["all"]["name"] == "pets"
+
+
+def test_dataset_splits_train_first(tmp_path):
+    assert dataset_splits("cifar10") == ["train", "test"]
+    assert dataset_splits(pet_folder(tmp_path / "a", ("val", "test", "train"))) == [
+        "train",
+        "val",
+        "test",
+    ]
+    assert dataset_splits(pet_folder(tmp_path / "b", ())) == ["all"]
+    with pytest.raises(DataError, match=r"unknown dataset .*no folder .*nowhere exists"):
+        dataset_splits(tmp_path / "nowhere")
 
 
 def test_data_info_errors_are_one_line(tmp_path, capsys):
@@ -107,6 +174,18 @@ def test_real_fashion_mnist():
     assert test.class_counts().tolist() == [1000] * 10
     mean, std = train.mean_std()
     assert abs(mean.item() - 0.2860) < 0.001 and abs(std.item() - 0.3530) < 0.001
+
+
+@needs_real_data
+def test_real_data_info_reports_train_and_test(capsys):
+    assert main(["data", "info", "fashion-mnist", "--no-download", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    splits = report["splits"]
+    assert [(split, info["images"]) for split, info in splits.items()] == [
+        ("train", 60_000),
+        ("test", 10_000),
+    ]
+    assert splits["test"]["per_class"]["Ankle boot"] == 1000 and report["images"] == 70_000
 
 
 @needs_real_data

@@ -8,7 +8,7 @@ import pytest
 
 from cnnlab.cli import main
 from cnnlab.explain import TOPICS, Context, Finding, format_report, ordered_topics, run_topic
-from cnnlab.explain.topic import at_least, format_number, topic
+from cnnlab.explain.topic import at_least, format_number, percent, topic
 
 
 def test_catalogue_has_every_topic_numbered_once():
@@ -47,6 +47,11 @@ def test_at_least_says_all_for_a_whole():
     assert at_least(0.834) == "at least 83%"
 
 
+def test_percent_to_a_tenth_of_a_point():
+    assert percent(0.8734) == "87.3%"
+    assert percent(1.0) == "100.0%"
+
+
 def test_numbers_are_printed_readably():
     assert format_number(1234567) == "1,234,567"
     assert format_number(0.123456) == "0.1235"
@@ -75,3 +80,21 @@ def test_cli_lists_runs_and_refuses(capsys, tmp_path):
     (tmp_path / "file").write_text("x")
     assert main(["explain", "1", "--out", str(tmp_path / "file")]) == 2
     assert "is a file; expected a folder" in capsys.readouterr().err
+
+
+def test_cli_lists_topics_as_json(capsys):
+    assert main(["explain", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [entry["number"] for entry in listing] == list(range(1, 19))
+    assert [entry["name"] for entry in listing] == [t.name for t in ordered_topics()]
+    for entry in listing:
+        assert set(entry) == {"name", "number", "title", "claim"}
+        assert entry == {key: getattr(TOPICS[entry["name"]], key) for key in entry}
+    assert listing[0]["name"] == "activations" and listing[-1]["name"] == "multi-label"
+
+
+def test_cli_json_with_topics_prints_their_reports(capsys):
+    assert main(["explain", "output-size", "9", "--quick", "--json"]) == 0
+    reports = json.loads(capsys.readouterr().out)
+    assert [report["topic"] for report in reports] == ["output-size", "dropout"]
+    assert all(report["holds"] is True for report in reports)

@@ -16,11 +16,11 @@ from onnx import numpy_helper
 
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
-from cnnlab.interop import export
-from cnnlab.interop.export import export_model, require_onnx, verification_inputs, verify_export
+from cnnlab.interop.export import export_model, verification_inputs, verify_export
+from cnnlab.interop.export_formats import LOADERS, require_onnx
 from cnnlab.models import create_model
-from cnnlab.train.checkpoint import load_model
-from cnnlab.train.inference import load_trained
+from cnnlab.runs.trained import load_trained
+from cnnlab.runs.weights import load_model
 
 DEFAULT_NAMES = {
     "onnx": "model.onnx",
@@ -152,13 +152,13 @@ def test_failed_verification_writes_nothing(run, tmp_path, monkeypatch):
     model, _ = load_trained(str(run))
     target = tmp_path / "model.pt"
     target.write_bytes(b"an earlier export")
-    load_torchscript = export._LOADERS["torchscript"]
+    load_torchscript = LOADERS["torchscript"]
 
     def load_shifted(path):  # a file whose logits are all 1 too high
         run_file = load_torchscript(path)
         return lambda batch: run_file(batch) + 1.0
 
-    monkeypatch.setitem(export._LOADERS, "torchscript", load_shifted)
+    monkeypatch.setitem(LOADERS, "torchscript", load_shifted)
     with pytest.raises(CnnlabError, match=r"model.pt not written: .* by 1 on random N\(0, 1\)"):
         export_model(model, (1, 28, 28), "torchscript", target)
     assert target.read_bytes() == b"an earlier export"

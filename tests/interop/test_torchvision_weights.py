@@ -1,8 +1,9 @@
 """torchvision-layout weights into cnnlab models, checked without torchvision.
 
 torchvision_layouts.py lists torchvision's state-dict keys and shapes, built from torchvision's
-architecture definitions independently of the renaming rules under test, and runs small
-functional forwards over the torchvision-named tensors, following torchvision's forward passes.
+architecture definitions independently of the renaming rules under test; torchvision_forwards.py
+runs small functional forwards over the torchvision-named tensors, following torchvision's
+forward passes. GoogLeNet's and Inception-v3's outputs are tested in test_torchvision_compat.py.
 """
 
 import contextlib
@@ -16,28 +17,27 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from torchvision_forwards import densenet_forward, resnet_forward, vgg_forward
 from torchvision_layouts import (
     COUNTER,
-    densenet_forward,
     densenet_layout,
     googlenet_layout,
     inception_v3_layout,
-    resnet_forward,
     resnet_layout,
     tensors,
     torchvision_layout,
-    vgg_forward,
 )
 
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
+from cnnlab.interop.torchvision_names import FAMILIES
 from cnnlab.interop.torchvision_weights import (
-    FAMILIES,
     convert_torchvision_state_dict,
     load_torchvision_state_dict,
 )
 from cnnlab.models import create_model
-from cnnlab.train.inference import load_trained, predict_images
+from cnnlab.runs.trained import load_trained
+from cnnlab.studies.inference import predict_images
 from cnnlab.train.setup import build_model
 
 # torchvision's published parameter counts (its weights' "num_params"; googlenet without the
@@ -68,7 +68,7 @@ def test_layouts_have_torchvisions_published_parameter_counts(name):
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_every_torchvision_tensor_fills_exactly_one_cnnlab_tensor(name):
     layout = torchvision_layout(name)
-    converted = convert_torchvision_state_dict(name, tensors(layout), accept_differences=True)
+    converted = convert_torchvision_state_dict(name, tensors(layout))
     with torch.device("meta"):
         expected = create_model(name, **converted.options).state_dict()
     assert list(converted.state_dict) == list(expected)
@@ -84,11 +84,11 @@ def test_every_torchvision_tensor_fills_exactly_one_cnnlab_tensor(name):
 
 def test_files_without_auxiliary_heads_build_models_without_them():
     googlenet = googlenet_layout(aux=False)
-    converted = convert_torchvision_state_dict("googlenet", tensors(googlenet), True)
-    assert converted.options == {"aux_logits": False}
+    converted = convert_torchvision_state_dict("googlenet", tensors(googlenet))
+    assert converted.options == {"aux_logits": False, "torchvision_compat": True}
     v3 = {k: v for k, v in inception_v3_layout().items() if not k.startswith("AuxLogits.")}
-    converted = convert_torchvision_state_dict("inception_v3", tensors(v3), True)
-    assert converted.options == {"aux_logits": False}
+    converted = convert_torchvision_state_dict("inception_v3", tensors(v3))
+    assert converted.options == {"aux_logits": False, "torchvision_compat": True}
     assert not any(key.startswith("aux.") for key in converted.state_dict)
 
 
@@ -157,13 +157,6 @@ def test_unmatched_missing_and_misshapen_keys_are_listed():
 def test_a_file_of_another_model_is_refused_naming_the_model_it_fits():
     with pytest.raises(CnnlabError, match=r"not torchvision's resnet18 but its resnet50: "):
         convert_torchvision_state_dict("resnet18", tensors(resnet_layout("resnet50")))
-
-
-def test_networks_that_differ_from_torchvision_are_refused_unless_accepted():
-    with pytest.raises(CnnlabError, match=r"2x2/2 in torchvision.*--accept-differences"):
-        convert_torchvision_state_dict("googlenet", tensors(googlenet_layout()))
-    with pytest.raises(CnnlabError, match="zero padding"):
-        convert_torchvision_state_dict("inception_v3", tensors(inception_v3_layout()))
 
 
 @pytest.mark.parametrize(

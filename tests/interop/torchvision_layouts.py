@@ -1,16 +1,13 @@
-"""torchvision's state-dict layouts and forward passes, written independently of cnnlab's
-renaming rules, for tests/interop/test_torchvision_weights.py (torchvision itself does not run
-here).
+"""torchvision's state-dict layouts, written independently of cnnlab's renaming rules, for the
+tests of torchvision-layout weights (torchvision itself does not run here).
 
 `torchvision_layout(name)` lists torchvision's state-dict keys and shapes, built from
 torchvision's architecture definitions (module names, channel configurations); `tensors` fills
-a layout with random values. The forwards are small functional versions of torchvision's
-(torch.nn.functional over the torchvision-named tensors), to compare loaded cnnlab models with.
+a layout with random values. torchvision_forwards.py runs torchvision's forward passes over them.
 """
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 Layout = dict[str, tuple[int, ...]]
 COUNTER = "num_batches_tracked"
@@ -250,77 +247,3 @@ def tensors(layout: Layout, device: str = "meta") -> dict[str, torch.Tensor]:
             fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 10
             result[key] = torch.randn(shape, generator=generator) * (2 / fan_in) ** 0.5
     return result
-
-
-# ---- torchvision's forward passes over the torchvision-named tensors ---------------------------
-
-
-def norm(x, sd, name, eps=1e-5):
-    stats = sd[f"{name}.running_mean"], sd[f"{name}.running_var"]
-    return F.batch_norm(x, *stats, sd[f"{name}.weight"], sd[f"{name}.bias"], False, 0.0, eps)
-
-
-def fc(x, sd, name):
-    return F.linear(x, sd[f"{name}.weight"], sd[f"{name}.bias"])
-
-
-def resnet_block(sd, x, prefix, stride):
-    count = sum(key.startswith(f"{prefix}.conv") for key in sd)
-    strided = 1 if count == 2 else 2  # the 3x3 conv: a basic block's first, a bottleneck's second
-    out = x
-    for number in range(1, count + 1):
-        weight = sd[f"{prefix}.conv{number}.weight"]
-        step = stride if number == strided else 1
-        groups = out.shape[1] // weight.shape[1]
-        out = F.conv2d(out, weight, None, step, weight.shape[-1] // 2, 1, groups)
-        out = norm(out, sd, f"{prefix}.bn{number}")
-        out = F.relu(out) if number < count else out
-    if f"{prefix}.downsample.0.weight" in sd:
-        x = F.conv2d(x, sd[f"{prefix}.downsample.0.weight"], None, stride)
-        x = norm(x, sd, f"{prefix}.downsample.1")
-    return F.relu(out + x)
-
-
-def resnet_forward(sd, x):
-    x = F.relu(norm(F.conv2d(x, sd["conv1.weight"], None, 2, 3), sd, "bn1"))
-    x = F.max_pool2d(x, 3, 2, 1)
-    for stage in range(1, 5):
-        blocks = {key.split(".")[1] for key in sd if key.startswith(f"layer{stage}.")}
-        for index in range(len(blocks)):
-            stride = 2 if stage > 1 and index == 0 else 1
-            x = resnet_block(sd, x, f"layer{stage}.{index}", stride)
-    return fc(F.adaptive_avg_pool2d(x, 1).flatten(1), sd, "fc")
-
-
-def vgg_forward(sd, x, name):
-    index, batch_norm = 0, name.endswith("_bn")
-    for item in VGG_CFGS[name.removesuffix("_bn")]:
-        if item == "M":
-            x, index = F.max_pool2d(x, 2, 2), index + 1
-            continue
-        x = F.conv2d(x, sd[f"features.{index}.weight"], sd[f"features.{index}.bias"], 1, 1)
-        x = norm(x, sd, f"features.{index + 1}") if batch_norm else x
-        x, index = F.relu(x), index + (3 if batch_norm else 2)
-    x = F.adaptive_avg_pool2d(x, 7).flatten(1)
-    x = F.relu(fc(F.relu(fc(x, sd, "classifier.0")), sd, "classifier.3"))
-    return fc(x, sd, "classifier.6")
-
-
-def densenet_forward(sd, x, name, sep):
-    x = F.conv2d(x, sd["features.conv0.weight"], None, 2, 3)
-    x = F.max_pool2d(F.relu(norm(x, sd, "features.norm0")), 3, 2, 1)
-    _, blocks, _ = DENSENETS[name]
-    for block, count in enumerate(blocks, start=1):
-        for index in range(count):
-            prefix = f"features.denseblock{block}.denselayer{index + 1}"
-            new = F.conv2d(
-                F.relu(norm(x, sd, f"{prefix}.norm{sep}1")), sd[f"{prefix}.conv{sep}1.weight"]
-            )
-            new = F.relu(norm(new, sd, f"{prefix}.norm{sep}2"))
-            x = torch.cat([x, F.conv2d(new, sd[f"{prefix}.conv{sep}2.weight"], None, 1, 1)], 1)
-        if block < len(blocks):
-            prefix = f"features.transition{block}"
-            x = F.conv2d(F.relu(norm(x, sd, f"{prefix}.norm")), sd[f"{prefix}.conv.weight"])
-            x = F.avg_pool2d(x, 2, 2)
-    x = F.relu(norm(x, sd, "features.norm5"))
-    return fc(F.adaptive_avg_pool2d(x, 1).flatten(1), sd, "classifier")

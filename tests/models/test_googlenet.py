@@ -1,4 +1,5 @@
-"""GoogLeNet: published parameter counts, the paper's options, auxiliary heads, small inputs."""
+"""GoogLeNet: published parameter counts, the paper's options, torchvision's form, auxiliary
+heads, small inputs."""
 
 from __future__ import annotations
 
@@ -89,9 +90,42 @@ def test_options_and_validation():
         "aux_logits": False,
         "dropout": 0.4,
         "aux_dropout": 0.7,
+        "torchvision_compat": False,
     }
     with pytest.raises(UnknownModelError, match="large_branch_kernel must be 3 or 5, got 7"):
         create_model("googlenet", large_branch_kernel=7)
+
+
+def test_torchvision_compat_pools_2x2_after_4e_and_changes_nothing_else():
+    paper = build_on_meta(aux_logits=True)
+    compat = build_on_meta(aux_logits=True, torchvision_compat=True)
+    assert (paper.features.pool4.kernel_size, compat.features.pool4.kernel_size) == (3, 2)
+    assert compat.features.pool4.stride == 2 and compat.features.pool4.ceil_mode
+    assert other_layers(compat) == other_layers(paper)
+    assert count(compat) == count(paper) == REFERENCE_AUX
+    # The same map sizes at 224; one more row and column where 4e's map is odd (13 at 208).
+    for size, widths in ((224, (7, 7)), (208, (7, 6))):
+        x = torch.empty(1, 3, size, size, device="meta")
+        pooled = [model.features.pool4(model.features[:-3](x)) for model in (compat, paper)]
+        assert tuple(p.shape[-1] for p in pooled) == widths
+
+
+def other_layers(model: nn.Module) -> list[tuple[str, str]]:
+    """Every layer but the pool after 4e, by name and configuration."""
+    return [
+        (name, str(module))
+        for name, module in model.named_modules()
+        if not list(module.children()) and name != "features.pool4"
+    ]
+
+
+@pytest.mark.parametrize(
+    "option", [{"batch_norm": False}, {"large_branch_kernel": 5}, {"lrn": True}]
+)
+def test_torchvision_compat_refuses_options_torchvisions_network_lacks(option):
+    key, value = next(iter(option.items()))
+    with pytest.raises(UnknownModelError, match=rf"torchvision's network.*got {key}={value!r}"):
+        create_model("googlenet", torchvision_compat=True, **option)
 
 
 def test_paper_form_layers():

@@ -256,7 +256,11 @@ def test_grayscale_input(name):
 
 def test_options_and_dropout():
     assert model_options("inception_v2") == {}
-    assert model_options("inception_v3") == {"aux_logits": True, "dropout": 0.2}
+    assert model_options("inception_v3") == {
+        "aux_logits": True,
+        "dropout": 0.2,
+        "torchvision_compat": False,
+    }
     assert model_options("inception_v4") == {"dropout": 0.2}
     assert model_options("inception_resnet_v2") == {"dropout": 0.2}
     for name in NAMES[1:]:
@@ -274,6 +278,28 @@ def test_batch_norm_eps():
     assert eps_values("inception_v2") == {1e-5}
     for name in NAMES[1:]:
         assert eps_values(name) == {1e-3}, name
+
+
+def average_pools(model: nn.Module) -> dict[str, bool]:
+    """Each average pool with padding, by name: whether it counts the zero padding."""
+    return {
+        name: module.count_include_pad
+        for name, module in model.named_modules()
+        if isinstance(module, nn.AvgPool2d) and module.padding
+    }
+
+
+def test_inception_v3_torchvision_compat_counts_the_padding_in_its_average_pools():
+    paper = average_pools(meta_model("inception_v3"))
+    compat = average_pools(meta_model("inception_v3", torchvision_compat=True))
+    # the 3x3/1 pools of the three 35x35, four 17x17 and two 8x8 modules; the others unchanged
+    assert paper.keys() == compat.keys() and len(paper) == 3 + 4 + 2
+    assert not any(paper.values()) and all(compat.values())
+    for name in ("inception_v4", "inception_resnet_v2"):
+        assert not any(average_pools(meta_model(name)).values())
+    compat_model = meta_model("inception_v3", torchvision_compat=True)
+    assert num_params(compat_model) == 27_161_264
+    assert compat_model(meta_batch(299)).shape == (2, 1000)
 
 
 def test_inception_v3_truncated_normal_init(grayscale_models):

@@ -34,8 +34,8 @@ import cnnlab.fileio as fileio
 from cnnlab.errors import CnnlabError
 from cnnlab.fileio import atomic_path, atomic_write_bytes, remove_stale_temps
 from cnnlab.models import create_model
-from cnnlab.train.checkpoint import load_checkpoint
-from cnnlab.train.run import RunFolder
+from cnnlab.runs.checkpoint import load_checkpoint
+from cnnlab.runs.folder import RunFolder
 from cnnlab.train.trainer import Trainer
 
 KILLS = 24
@@ -134,8 +134,8 @@ SAVER = textwrap.dedent(
     import os, sys, traceback
     import torch
     from torch import nn
-    from cnnlab.train.checkpoint import save_checkpoint
-    from cnnlab.train.run import RunFolder
+    from cnnlab.runs.checkpoint import save_checkpoint
+    from cnnlab.runs.folder import RunFolder
 
     torch.set_num_threads(1)
     run = RunFolder(sys.argv[1])

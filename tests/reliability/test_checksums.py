@@ -17,8 +17,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cnnlab.errors import CheckpointError
-from cnnlab.train.checkpoint import load_checkpoint, read_weights, save_checkpoint, save_weights
-from cnnlab.train.tensorfile import CHECKSUM_FIELD, tensor_checksum
+from cnnlab.runs.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab.runs.tensorfile import CHECKSUM_FIELD, tensor_checksum
+from cnnlab.runs.weights import read_weights, save_weights
 
 
 def small_model() -> nn.Module:

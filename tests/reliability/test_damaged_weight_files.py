@@ -36,8 +36,9 @@ from weight_file_inputs import (
 
 from cnnlab.errors import CheckpointError
 from cnnlab.models import create_model
-from cnnlab.train.checkpoint import load_checkpoint, load_model, read_weights, save_checkpoint
-from cnnlab.train.inference import load_trained
+from cnnlab.runs.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab.runs.trained import load_trained
+from cnnlab.runs.weights import load_model, read_weights
 
 # ---- damaged, foreign and lying files -----------------------------------------------------------
 
@@ -148,7 +149,8 @@ import json, resource, sys
 from pathlib import Path
 from torch import nn
 from cnnlab.errors import CheckpointError
-from cnnlab.train.checkpoint import load_checkpoint, read_weights
+from cnnlab.runs.checkpoint import load_checkpoint
+from cnnlab.runs.weights import read_weights
 
 def status(key):
     return int(Path("/proc/self/status").read_text().split(key + ":")[1].split()[0]) * 1024

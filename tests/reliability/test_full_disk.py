@@ -21,14 +21,14 @@ import textwrap
 import pytest
 
 from cnnlab.models import create_model
-from cnnlab.train.checkpoint import save_checkpoint
+from cnnlab.runs.checkpoint import save_checkpoint
 
 INSPECT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
     from cnnlab.models import create_model
-    from cnnlab.train.checkpoint import load_checkpoint
+    from cnnlab.runs.checkpoint import load_checkpoint
     run = Path(sys.argv[1])
     model = create_model("lenet", num_classes=10, in_channels=1)
     files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())

@@ -32,7 +32,7 @@ from cnnlab.data.folder import ImageFolderStream, load_image_folder
 from cnnlab.data.idx import read_idx, read_idx_images
 from cnnlab.errors import CheckpointError, DataError, DataFormatError
 from cnnlab.models import create_model
-from cnnlab.train.checkpoint import load_model, save_weights
+from cnnlab.runs.weights import load_model, save_weights
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SMALL_HEADROOM = 128 * 2**20  # far below what the files declare

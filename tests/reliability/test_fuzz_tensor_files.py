@@ -39,15 +39,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from cnnlab.models import create_model
-from cnnlab.train.checkpoint import (
-    CHECKPOINT_KEY,
-    WEIGHTS_KEY,
-    load_checkpoint,
-    load_model,
-    read_weights,
-    save_checkpoint,
-    save_weights,
-)
+from cnnlab.runs.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab.runs.weights import CHECKPOINT_KEY, WEIGHTS_KEY, load_model, read_weights, save_weights
 
 # Examples per test, sized so that the whole file runs in well under 20 s on 2 idle cores.
 EXAMPLES = {"checkpoint": 400, "weights": 400}

@@ -13,11 +13,10 @@ import sys
 
 import pytest
 import torch
-from training_processes import run_cnnlab
 
 from cnnlab.errors import CnnlabError, OutOfMemory
-from cnnlab.train import TrainConfig, Trainer
-from cnnlab.train import trainer as trainer_module
+from cnnlab.train import TrainConfig, Trainer, epoch_end
+from training_processes import run_cnnlab
 
 ERRORS = {
     "device": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
@@ -160,7 +159,7 @@ def test_out_of_memory_recomputing_batchnorm_statistics(fake_data, tmp_path, mon
     def exhausted(model, batches):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(trainer_module, "recompute_batchnorm", exhausted)
+    monkeypatch.setattr(epoch_end, "recompute_batchnorm", exhausted)
     config = small_config(fake_data, tmp_path / "run", model="lenet_bn", precise_bn=3)
     with pytest.raises(OutOfMemory) as error:
         Trainer(config, echo=lambda line: None).fit()

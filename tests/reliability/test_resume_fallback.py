@@ -21,9 +21,10 @@ import torch
 from training_processes import run_cnnlab
 
 from cnnlab.models import create_model
-from cnnlab.train.checkpoint import load_checkpoint, read_weights, save_weights
-from cnnlab.train.config import TrainConfig
-from cnnlab.train.run import RunFolder
+from cnnlab.runs.checkpoint import load_checkpoint
+from cnnlab.runs.config import TrainConfig
+from cnnlab.runs.folder import RunFolder
+from cnnlab.runs.weights import read_weights, save_weights
 from cnnlab.train.trainer import Trainer
 
 TIMING_KEYS = ("seconds", "images_per_s")

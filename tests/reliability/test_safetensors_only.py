@@ -26,7 +26,7 @@ from weight_file_inputs import (
 )
 
 import cnnlab
-from cnnlab.train.checkpoint import load_model, read_weights, save_weights
+from cnnlab.runs.weights import load_model, read_weights, save_weights
 
 SRC = Path(cnnlab.__file__).parent
 # What the refusal says: a zip archive or a binary pickle is named as one; the others are not

@@ -21,7 +21,7 @@ from weight_file_inputs import (
     with_value,
 )
 
-from cnnlab.train.checkpoint import save_checkpoint
+from cnnlab.runs.checkpoint import save_checkpoint
 
 # (command, what the bad file is); every command gets the torch.save payload, and the damaged
 # files are spread over the commands so that each command meets several of them.

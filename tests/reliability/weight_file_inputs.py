@@ -27,11 +27,12 @@ from torch import nn
 
 from cnnlab.errors import CheckpointError
 from cnnlab.models import create_model
-from cnnlab.train.checkpoint import load_checkpoint, load_model, read_weights, save_weights
-from cnnlab.train.config import TrainConfig
-from cnnlab.train.inference import load_trained
+from cnnlab.runs.checkpoint import load_checkpoint
+from cnnlab.runs.config import TrainConfig
+from cnnlab.runs.tensorfile import CHECKSUM_FIELD, tensor_checksum
+from cnnlab.runs.trained import load_trained
+from cnnlab.runs.weights import load_model, read_weights, save_weights
 from cnnlab.train.setup import build_model
-from cnnlab.train.tensorfile import CHECKSUM_FIELD, tensor_checksum
 from cnnlab.train.trainer import Trainer
 
 # ---- pickle payloads ----------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 train -> eval -> predict -> train --init-from --freeze -> lr-find -> cv -> reproduce."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cnnlab.cli import main
+from cnnlab.train import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +153,25 @@ def test_reproduce_one_recipe(trained, tmp_path, capsys):
     ]
     assert main(argv) == 0
     assert "lenet_bn" in capsys.readouterr().out
+
+
+def test_resume_accepts_quiet_but_not_run_settings(trained, tmp_path, capsys):
+    """--quiet changes only what is printed, so it is no run setting: --resume takes it for
+    this invocation, and config.toml keeps the run's own value."""
+    _, finished = trained
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    config = run / "config.toml"
+    assert "quiet = true" in config.read_text() and "epochs = 2" in config.read_text()
+    settings = config.read_text().replace("quiet = true", "quiet = false")
+    config.write_text(settings.replace("epochs = 2", "epochs = 3"))
+    resumed = config.read_text()
+    assert Trainer.resume(run, quiet=True).config.quiet
+    assert not Trainer.resume(run).config.quiet
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert "epoch 3/3" in capsys.readouterr().out
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert config.read_text() == resumed
+    assert main(["train", "--resume", str(run), "--quiet", "--epochs", "4"]) == 2
+    assert "drop epochs" in capsys.readouterr().err

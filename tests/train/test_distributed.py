@@ -22,8 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +31,7 @@ from safetensors.torch import load_file
 from cnnlab.data.loader import InMemoryLoader
 from cnnlab.errors import CnnlabError
 from cnnlab.train.distributed import Ranks, launched_ranks, refuse_torchrun, run_job
+from training_processes import TrainProcess
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 ENV.pop("RANK", None)
@@ -155,28 +154,12 @@ def test_two_processes_train_the_weights_of_one_on_the_same_global_batch(runs):
 def test_a_stopped_two_process_run_resumes_in_one_process(runs):
     stopped = runs["root"] / "stopped"
     flags = [*LENET, "--data-dir", str(runs["data"]), "--out", str(stopped)]
-    process = subprocess.Popen(
-        [*torchrun(), *flags], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    err = bytearray()
-
-    def read() -> None:
-        while chunk := process.stderr.read1(65536):
-            err.extend(chunk)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    deadline = time.monotonic() + 90
-    while b"epoch 1/3 [" not in err and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    process.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
-    try:
-        process.wait(90)
-    finally:
-        process.kill()
-    reader.join(10)
-    stderr = err.decode(errors="replace")
-    assert process.returncode != 0, stderr[-3000:]
+    process = TrainProcess(flags, command=torchrun(), env=ENV)
+    process.wait_for("epoch 1/3 [")
+    process.signal(signal.SIGTERM)  # torchrun forwards it to both ranks
+    code = process.finish(90)
+    stderr = process.stderr
+    assert code != 0, stderr[-3000:]
     said = re.findall(r"cnnlab train: SIGTERM: stopped (.*?); checkpoint written", stderr)
     assert len(said) == 1, stderr[-3000:]  # rank 0 alone
     assert (stopped / "checkpoints" / "last.safetensors").is_file()

@@ -27,7 +27,7 @@ from trainer_helpers import (
 )
 
 from cnnlab.errors import CnnlabError
-from cnnlab.train.checkpoint import load_model
+from cnnlab.runs.weights import load_model
 from cnnlab.train.stopping import Interrupted
 from cnnlab.train.trainer import Trainer
 

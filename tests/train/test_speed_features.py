@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.runs.config import load_toml
+from cnnlab.runs.weights import read_weights
 from cnnlab.train import Interrupted, TrainConfig, Trainer
-from cnnlab.train.checkpoint import read_weights
-from cnnlab.train.config import load_toml
 from cnnlab.train.evaluate import evaluate
 
 

@@ -10,6 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cnnlab.cli import main
+from cnnlab.data.splits import class_weights
+from cnnlab.models import create_model
+from cnnlab.runs.config import config_from, load_toml
+from cnnlab.runs.weights import load_model
+from cnnlab.train.evaluate import evaluate
+from cnnlab.train.optim import l1_penalty
+from cnnlab.train.setup import RunData, load_run_data
+from cnnlab.train.trainer import Trainer
 from trainer_helpers import (
     EPOCH_KEYS,
     after_setup,
@@ -22,16 +32,6 @@ from trainer_helpers import (
     train,
     weights,
 )
-
-from cnnlab.cli import main
-from cnnlab.data.splits import class_weights
-from cnnlab.models import create_model
-from cnnlab.train.checkpoint import load_model
-from cnnlab.train.config import config_from, load_toml
-from cnnlab.train.evaluate import evaluate
-from cnnlab.train.optim import l1_penalty
-from cnnlab.train.setup import RunData, load_run_data
-from cnnlab.train.trainer import Trainer
 
 
 def test_run_folder_holds_everything(fake_data, tmp_path):
@@ -265,7 +265,7 @@ def test_cli_flags_override_the_config_file(fake_data, tmp_path, capsys):
     assert saved["epochs"] == 1 and saved["label_smoothing"] == 0.1  # the file
     assert capsys.readouterr().out.splitlines()[-1].endswith(f"run folder: {run}")
 
-    code = main(["train", "--resume", str(run), "--epochs", "3", "--quiet"])
+    code = main(["train", "--resume", str(run), "--epochs", "3", "--seed", "1", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith("cnnlab train: error: --resume") and "epochs, quiet" in err
+    assert err.startswith("cnnlab train: error: --resume") and "drop epochs, seed\n" in err

@@ -56,14 +56,17 @@ def add_data_parser(commands) -> None:
     info = data_commands.add_parser(
         "info",
         help="counts per class, mean/std per channel, image size, and a grid of samples",
-        description="Counts per class, mean/std per channel, image size; --grid writes a PNG "
-        "with sample images of every class.",
+        description="For every split of the dataset (or the one --split names): counts per "
+        "class, mean/std per channel, image size; --grid writes a PNG with sample images of "
+        "every class of the training split (or of --split).",
     )
     info.add_argument(
         "dataset", help="fashion-mnist, mnist, kmnist, cifar10, cifar100, or a folder"
     )
     info.add_argument(
-        "--split", help="train (default), test; for a folder: its train/val/test subfolder"
+        "--split",
+        help="report this split only: train or test; for a folder: its train/val/test "
+        "subfolder (default: every split)",
     )
     add_data_dir(info)
     info.add_argument("--grid", metavar="OUT.png", help="write a PNG grid of samples per class")
@@ -108,14 +111,20 @@ def run_zoo(args: argparse.Namespace) -> int:
 
 
 def run_data_info(args: argparse.Namespace) -> int:
-    from cnnlab.data import load_dataset
-    from cnnlab.data.info import dataset_info, format_info, save_grid
+    from cnnlab.data import dataset_splits, load_dataset
+    from cnnlab.data.info import dataset_info, format_splits_info, save_grid, splits_info
 
-    data = load_dataset(args.dataset, args.split, root=args.data_dir, download=not args.no_download)
-    info = dataset_info(data)
-    print(json.dumps(info, indent=2) if args.json else format_info(info))
-    if args.grid:
-        save_grid(data, args.grid, per_class=args.per_class)
-        if not args.json:
-            print(f"grid of samples written to {args.grid}")
+    splits = [args.split] if args.split else dataset_splits(args.dataset)
+    grid_split = args.split or ("train" if "train" in splits else splits[0])
+    infos = {}
+    for split in splits:
+        data = load_dataset(args.dataset, split, root=args.data_dir, download=not args.no_download)
+        infos[split] = dataset_info(data)
+        if args.grid and split == grid_split:
+            save_grid(data, args.grid, per_class=args.per_class)
+            grid_name = data.name
+    report = splits_info(args.dataset, infos)
+    print(json.dumps(report, indent=2) if args.json else format_splits_info(report))
+    if args.grid and not args.json:
+        print(f"grid of samples of {grid_name} written to {args.grid}")
     return 0

@@ -15,9 +15,9 @@ def add_parser(commands) -> None:
     explain = commands.add_parser(
         "explain",
         help="run the experiment behind a classic claim about CNNs and print the verdict",
-        description="Without a topic: list the topics. With topics (names or numbers, or "
-        "'all'): run each experiment, print the explanation, the measured numbers and the "
-        "verdict computed from them; --out DIR also writes the figures.",
+        description="Without a topic: list the topics (as JSON with --json). With topics (names "
+        "or numbers, or 'all'): run each experiment, print the explanation, the measured numbers "
+        "and the verdict computed from them; --out DIR also writes the figures.",
     )
     explain.add_argument("topics", nargs="*", metavar="TOPIC", help="name, number, or all")
     explain.add_argument("--quick", action="store_true", help="the small version (< 1 min each)")
@@ -26,7 +26,9 @@ def add_parser(commands) -> None:
     explain.add_argument(
         "--model", help="the zoo model to dissect, for output-size and receptive-field"
     )
-    explain.add_argument("--json", action="store_true", help="print JSON reports instead of text")
+    explain.add_argument(
+        "--json", action="store_true", help="print JSON (the reports, or the list) instead of text"
+    )
     add_data_dir(explain)
     explain.set_defaults(handler=run_explain)
 
@@ -36,10 +38,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
     topics = ordered_topics()
     if not args.topics:
-        width = max(len(t.name) for t in topics)
-        for entry in topics:
-            print(f"{entry.number:>2}  {entry.name:<{width}}  {entry.title}")
-        print("\nRun one: cnnlab explain TOPIC [--quick] [--out DIR] [--json]")
+        _print_list(topics, args.json)
         return 0
     chosen = _choose(args.topics, topics)
     out = Path(args.out) if args.out else None
@@ -63,6 +62,17 @@ def run_explain(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
     return 0
+
+
+def _print_list(topics, as_json: bool) -> None:
+    if as_json:
+        keys = ("name", "number", "title", "claim")
+        print(json.dumps([{key: getattr(t, key) for key in keys} for t in topics], indent=2))
+        return
+    width = max(len(t.name) for t in topics)
+    for entry in topics:
+        print(f"{entry.number:>2}  {entry.name:<{width}}  {entry.title}")
+    print("\nRun one: cnnlab explain TOPIC [--quick] [--out DIR] [--json]")
 
 
 def _choose(requested: list[str], topics) -> list:

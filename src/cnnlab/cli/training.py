@@ -45,6 +45,8 @@ TRAIN_FLAGS = [  # (flag, type, help); each sets the TrainConfig field of the sa
     ("--init-from", str, "start from a trained run's weights (new classifier)"),
     ("--freeze", str, "'features': train only the head (with --init-from)"),
 ]
+# Flags that change only what is printed, not the run: --resume accepts them.
+PRINT_ONLY_FLAGS = {"quiet"}
 NO_DETERMINISTIC_KERNEL = " does not have a deterministic implementation"  # torch's words
 TRAIN_FLAG_TYPES = [(flag, kind) for flag, kind, _ in TRAIN_FLAGS]
 TRAIN_SWITCHES = [
@@ -87,7 +89,11 @@ def add_train_parser(commands) -> None:
         help="a model build option, e.g. --set width_multiplier=0.25 (repeatable)",
     )
     train.add_argument("--config", metavar="FILE.toml", help="settings file; flags override it")
-    train.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
+    train.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue an interrupted run folder with its own settings (--quiet may be added)",
+    )
     train.add_argument(
         "--allow-mismatch",
         action="store_true",
@@ -201,18 +207,20 @@ def run_train(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace) -> int:
     """Every setting is checked before any data is loaded or any folder is made."""
-    from cnnlab.train.config import check_inputs, config_from, load_toml
+    from cnnlab.runs.config import check_inputs, config_from, load_toml
     from cnnlab.train.trainer import Trainer
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "handler")}
     allow_mismatch = given.pop("allow_mismatch", False)
     if "resume" in given:
-        extra = sorted(set(given) - {"resume"})
+        extra = sorted(set(given) - {"resume"} - PRINT_ONLY_FLAGS)
         if extra:
             raise CnnlabError(
                 f"--resume continues a run with its own settings; drop {', '.join(extra)}"
             )
-        trainer = Trainer.resume(given["resume"], allow_mismatch=allow_mismatch)
+        trainer = Trainer.resume(
+            given["resume"], allow_mismatch=allow_mismatch, quiet=given.get("quiet")
+        )
         check_inputs(trainer.config, new_run=False)
         fit(trainer)
         return 0
@@ -250,7 +258,7 @@ def fit(trainer) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from cnnlab.train.inference import evaluate_saved, format_evaluation
+    from cnnlab.studies.inference import evaluate_saved, format_evaluation
 
     evaluation, classes, _ = evaluate_saved(
         args.source,
@@ -267,7 +275,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from cnnlab.train.inference import format_predictions, predict_images
+    from cnnlab.studies.inference import format_predictions, predict_images
 
     predictions = predict_images(
         args.source, args.images, top_k=args.top_k, device=args.device, invert=args.invert
@@ -277,7 +285,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def training_settings(args: argparse.Namespace, skip: tuple[str, ...]) -> dict:
-    from cnnlab.train.config import load_toml
+    from cnnlab.runs.config import load_toml
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "handler", *skip)}
     values = load_toml(given.pop("config")) if "config" in given else {}
@@ -286,10 +294,10 @@ def training_settings(args: argparse.Namespace, skip: tuple[str, ...]) -> dict:
 
 
 def run_lr_find(args: argparse.Namespace) -> int:
-    from cnnlab.train.config import check_inputs, config_from
+    from cnnlab.reports.plots import plot_lr_find
+    from cnnlab.runs.config import check_inputs, config_from
+    from cnnlab.studies.lr_find import format_lr_find, lr_find
     from cnnlab.train.distributed import refuse_torchrun
-    from cnnlab.train.lr_find import format_lr_find, lr_find
-    from cnnlab.train.plots import plot_lr_find
 
     refuse_torchrun("lr-find")
     settings = training_settings(args, ("start_lr", "end_lr", "steps", "plot"))
@@ -309,8 +317,8 @@ def run_lr_find(args: argparse.Namespace) -> int:
 
 
 def run_cv(args: argparse.Namespace) -> int:
-    from cnnlab.train.config import check_inputs, config_from
-    from cnnlab.train.cross_validation import cross_validate, format_cross_validation
+    from cnnlab.runs.config import check_inputs, config_from
+    from cnnlab.studies.cross_validation import cross_validate, format_cross_validation
     from cnnlab.train.distributed import refuse_torchrun
 
     refuse_torchrun("cv")
@@ -324,9 +332,9 @@ def run_cv(args: argparse.Namespace) -> int:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
+    from cnnlab.reports.html_report import check_report_path
+    from cnnlab.studies.reproduce import format_reproduction, report_d2l, reproduce_d2l
     from cnnlab.train.distributed import refuse_torchrun
-    from cnnlab.train.html_report import check_report_path
-    from cnnlab.train.reproduce import format_reproduction, report_d2l, reproduce_d2l
 
     refuse_torchrun("reproduce")
     overrides = {"quiet": True} if args.quiet else {}
@@ -348,8 +356,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from cnnlab.train.compare import compare_runs, format_leaderboard
-    from cnnlab.train.html_report import check_report_path, write_html_report
+    from cnnlab.reports.compare import compare_runs, format_leaderboard
+    from cnnlab.reports.html_report import check_report_path, write_html_report
 
     if args.html:
         check_report_path(args.html)

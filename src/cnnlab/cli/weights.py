@@ -19,8 +19,9 @@ def add_parsers(commands) -> None:
         "for the cnnlab model of the same architecture and write them, with what cnnlab eval, "
         "predict and train --init-from need, to a .safetensors file. .pth files are loaded "
         "with weights_only=True. Models: alexnet, vgg11/13/16/19 (and _bn), "
-        "resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, densenet121/161/169/201; "
-        "googlenet and inception_v3 with --accept-differences.",
+        "resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, densenet121/161/169/201, "
+        "googlenet and inception_v3 (built with torchvision_compat=True, torchvision's network, "
+        "so that the outputs are torchvision's).",
     )
     parser.add_argument("file", metavar="FILE", help="torch.save'd state dict or .safetensors")
     parser.add_argument("--model", required=True, help="the cnnlab model, e.g. resnet18")
@@ -34,14 +35,14 @@ def add_parsers(commands) -> None:
     parser.add_argument(
         "--accept-differences",
         action="store_true",
-        help="convert even where cnnlab's network differs from torchvision's (googlenet, "
-        "inception_v3), e.g. to fine-tune",
+        help="googlenet, inception_v3: build cnnlab's default network (the paper's pools), "
+        "whose outputs differ from torchvision's, instead of torchvision's, e.g. to fine-tune it",
     )
     parser.set_defaults(handler=run_import_weights)
 
 
 def run_import_weights(args: argparse.Namespace) -> int:
-    from cnnlab.interop.torchvision_weights import import_torchvision_weights
+    from cnnlab.interop.torchvision_import import import_torchvision_weights
 
     classes = read_class_names(args.classes) if args.classes else None
     converted, metadata = import_torchvision_weights(
@@ -56,6 +57,8 @@ def run_import_weights(args: argparse.Namespace) -> int:
             f"  {converted.counters_set} BatchNorm num_batches_tracked absent from the file, "
             "set to 0"
         )
+    if converted.options.get("torchvision_compat"):
+        print("  built as torchvision's network (torchvision_compat=True): torchvision's outputs")
     if converted.difference:
         print(f"  differs from torchvision's network: {converted.difference}")
     size = metadata["input_size"]

@@ -2,7 +2,8 @@
 
 `load_dataset(name_or_path, split)` returns an `ImageSet` (uint8 images N x C x H x W, int64
 labels, class names) for a named dataset (Fashion-MNIST, MNIST, KMNIST, CIFAR-10, CIFAR-100,
-downloaded with verified checksums when missing) or for an image folder of the user's own.
+downloaded with verified checksums when missing) or for an image folder of the user's own;
+`dataset_splits(name_or_path)` names the splits it can load.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from cnnlab.data.cifar import read_cifar10, read_cifar100
 from cnnlab.data.dataset import ImageSet
 from cnnlab.data.download import ensure_files
 from cnnlab.data.folder import load_image_folder
+from cnnlab.data.folder_layout import split_folders
 from cnnlab.data.idx import check_pair, read_idx_images, read_idx_labels
 from cnnlab.errors import DataError
 
-__all__ = ["DATASETS", "ImageSet", "load_dataset", "resolve_root"]
+__all__ = ["DATASETS", "ImageSet", "dataset_splits", "load_dataset", "resolve_root"]
 
 
 def load_dataset(
@@ -43,14 +45,28 @@ def load_dataset(
             )
         folder = ensure_files(spec, resolve_root(root), download=download, progress=progress)
         return _read_named(spec, folder, split)
+    path = _image_folder(name_or_path)
+    if split is None and (path / "train").is_dir():
+        split = "train"
+    return load_image_folder(path, split)
+
+
+def dataset_splits(name_or_path: str | os.PathLike) -> list[str]:
+    """The splits `load_dataset` can load, train first: a named dataset's, an image folder's
+    train/val/test folders, or ["all"] for an image folder without split folders."""
+    name = str(name_or_path)
+    if name in DATASETS:
+        return list(DATASETS[name].splits)
+    return split_folders(_image_folder(name_or_path)) or ["all"]
+
+
+def _image_folder(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        if split is None and (path / "train").is_dir():
-            split = "train"
-        return load_image_folder(path, split)
+        return path
     raise DataError(
-        f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)} or an image folder "
-        f"(one subfolder per class), and no folder {path} exists"
+        f"unknown dataset {str(name_or_path)!r}: expected one of {', '.join(DATASETS)} or an "
+        f"image folder (one subfolder per class), and no folder {path} exists"
     )
 
 

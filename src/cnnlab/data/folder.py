@@ -1,24 +1,18 @@
 """Image-folder datasets: the user's own PNG/JPEG images, one subfolder per class.
 
-Layout. A *class-folder tree* holds one subfolder per class; the class names are the sorted
-subfolder names and the label of an image is the index of its folder in that list. A folder is
-either one class-folder tree (a *flat* folder, one split: ask for it with `split=None` or
-`split="all"`; asking a flat folder for "train" is an error), or it has *split folders*
-`train/`, `val/`, `test/` (any of them), each a class-folder tree with the same classes, and
-`split` picks one of them (required). Top-level folders cannot mix split names and class names.
+Layout. Which files are read, their classes and labels, and how `split` picks a train/, val/ or
+test/ folder: see `cnnlab.data.folder_layout`.
 
-Files. Only `.png`, `.jpg` and `.jpeg` files (any case) directly inside a class folder are
-read, in sorted order; other files and nested folders are ignored and listed in the report,
-hidden names (starting with ".") are ignored silently. Each file must really be PNG or JPEG
-(checked from its first bytes, then opened with Pillow restricted to those two decoders) and
-decode completely: an empty file, other content (GIF, text, ...), a truncated or corrupt file,
-or a decompression bomb (more pixels than `max_pixels`, default Pillow's
-`Image.MAX_IMAGE_PIXELS`; Pillow's global limit applies too) is a *bad image*. Before decoding,
-the file must hold the pixel data its header declares (`pixeldata`: exact for PNG, a lower bound
-for JPEG), because Pillow would allocate the declared size and pad a short stream silently.
-`on_error="fail"` raises DataFormatError naming the file and what was found;
-`on_error="skip"` leaves it out and lists it in the FolderReport. Pillow's
-`ImageFile.LOAD_TRUNCATED_IMAGES` must stay False (it is checked, never changed).
+Files. Each image file must really be PNG or JPEG (checked from its first bytes, then opened
+with Pillow restricted to those two decoders) and decode completely: an empty file, other
+content (GIF, text, ...), a truncated or corrupt file, or a decompression bomb (more pixels than
+`max_pixels`, default Pillow's `Image.MAX_IMAGE_PIXELS`; Pillow's global limit applies too) is a
+*bad image*. Before decoding, the file must hold the pixel data its header declares
+(`pixeldata`: exact for PNG, a lower bound for JPEG), because Pillow would allocate the declared
+size and pad a short stream silently. `on_error="fail"` raises DataFormatError naming the file
+and what was found; `on_error="skip"` leaves it out and lists it in the FolderReport, beside the
+entries the listing ignored. Pillow's `ImageFile.LOAD_TRUNCATED_IMAGES` must stay False (it is
+checked, never changed).
 
 Pixels. Images become uint8 with 1 channel (Pillow "L") or 3 ("RGB"); by default 3 if any image
 is colour, else 1 (grayscale images are then repeated over 3 channels). Palette images count as
@@ -36,7 +30,6 @@ item in DataLoader workers. Formats: PNG (ISO/IEC 15948), JPEG/JFIF (ITU-T T.81,
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,11 +41,10 @@ import torch
 from PIL import Image, ImageFile
 
 from cnnlab.data.dataset import ImageSet
+from cnnlab.data.folder_layout import FolderListing, list_folder
 from cnnlab.data.pixeldata import jpeg_problem, png_problem
-from cnnlab.errors import DataError, DataFormatError, MissingDataError
+from cnnlab.errors import DataError, DataFormatError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-SPLIT_NAMES = ("train", "val", "test")
 ON_ERROR = ("fail", "skip")
 
 _PILLOW_FORMATS = ("PNG", "JPEG")
@@ -120,8 +112,8 @@ def load_image_folder_with_report(
 ) -> tuple[ImageSet, FolderReport]:
     """load_image_folder, also returning the FolderReport (skipped and ignored files)."""
     image_size = _check_options(on_error, image_size, channels, max_pixels)
-    listing = _list_folder(Path(path), split)
-    arrays, labels, report = [], [], listing.report()
+    listing = list_folder(Path(path), split)
+    arrays, labels, report = [], [], _empty_report(listing)
     first: tuple[Path, tuple[int, ...]] | None = None  # to name two files in a size mismatch
     for file, label in zip(listing.files, listing.labels, strict=True):
         try:
@@ -161,8 +153,8 @@ class ImageFolderStream(torch.utils.data.Dataset):
         max_pixels: int | None = None,
     ):
         self.image_size = _check_options(on_error, image_size, channels, max_pixels)
-        listing = _list_folder(Path(path), split)
-        self.report = listing.report()
+        listing = list_folder(Path(path), split)
+        self.report = _empty_report(listing)
         files, labels, colour = [], [], False
         first: tuple[Path, tuple[int, int]] | None = None
         for file, label in zip(listing.files, listing.labels, strict=True):
@@ -202,102 +194,6 @@ class ImageFolderStream(torch.utils.data.Dataset):
                 f"folder was scanned), found {array.shape[0]}x{array.shape[1]}"
             )
         return torch.from_numpy(array).permute(2, 0, 1).contiguous(), int(self.labels[index])
-
-
-# ---- listing the folder ----------------------------------------------------------------------
-
-
-@dataclass
-class _Listing:
-    root: Path  # the class-folder tree
-    name: str  # ImageSet name: "<folder>" or "<folder>/<split>"
-    classes: list[str]
-    files: list[Path]
-    labels: list[int]
-    ignored: list[Path]
-
-    def report(self) -> FolderReport:
-        return FolderReport(self.root, self.classes, ignored=list(self.ignored))
-
-
-def _list_folder(path: Path, split: str | None) -> _Listing:
-    if not path.exists():
-        raise MissingDataError(f"{path}: no such folder; expected a folder of class subfolders")
-    if not path.is_dir():
-        raise DataError(f"{path}: expected a folder of class subfolders, found a file")
-    subfolders = _visible_folders(path)
-    splits = [name for name in subfolders if name in SPLIT_NAMES]
-    if not splits:
-        if split not in (None, "all"):
-            raise DataError(
-                f"{path}: split={split!r} asked for, but the folder has no train/, val/ or "
-                "test/ subfolders; it is one split: use split=None (or 'all')"
-            )
-        return _list_tree(path, path.resolve().name)
-    others = sorted(set(subfolders) - set(splits))
-    if others:
-        raise DataError(
-            f"{path}: expected either split folders (train/, val/, test/) or class folders, "
-            f"found both: splits {splits} and other folders {others}"
-        )
-    if split not in splits:
-        raise DataError(
-            f"{path}: has split folders {splits}; choose one with split=..., found split={split!r}"
-        )
-    _check_same_classes(path, splits)
-    return _list_tree(path / split, f"{path.resolve().name}/{split}")
-
-
-def _visible_folders(path: Path) -> list[str]:
-    with os.scandir(path) as entries:
-        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
-
-
-def _check_same_classes(path: Path, splits: list[str]) -> None:
-    classes = {split: set(_visible_folders(path / split)) for split in splits}
-    union = set().union(*classes.values())
-    lacking = [f"{s}/ lacks {sorted(union - c)}" for s, c in classes.items() if c != union]
-    if lacking:
-        raise DataError(
-            f"{path}: expected the same class folders in every split, found " + "; ".join(lacking)
-        )
-
-
-def _list_tree(root: Path, name: str) -> _Listing:
-    classes = _visible_folders(root)
-    if not classes:
-        raise DataError(
-            f"{root}: expected one subfolder per class holding .png/.jpg/.jpeg images, "
-            "found no class folders"
-        )
-    listing = _Listing(root, name, classes, [], [], [])
-    with os.scandir(root) as entries:  # loose files beside the class folders
-        listing.ignored += sorted(
-            Path(e.path) for e in entries if not (e.name.startswith(".") or e.is_dir())
-        )
-    for label, class_name in enumerate(classes):
-        images, ignored = _list_class(root / class_name)
-        if not images:
-            raise DataError(
-                f"{root / class_name}: empty class folder; expected .png/.jpg/.jpeg images, "
-                f"found {len(ignored)} other entries"
-            )
-        listing.files += images
-        listing.labels += [label] * len(images)
-        listing.ignored += ignored
-    return listing
-
-
-def _list_class(folder: Path) -> tuple[list[Path], list[Path]]:
-    """The image files of one class folder and the other entries, both sorted by name."""
-    images, ignored = [], []
-    with os.scandir(folder) as entries:
-        for entry in sorted(entries, key=lambda e: e.name):
-            if entry.name.startswith("."):
-                continue
-            is_image = entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
-            (images if is_image else ignored).append(Path(entry.path))
-    return images, ignored
 
 
 # ---- reading one image -----------------------------------------------------------------------
@@ -430,6 +326,10 @@ def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
     for index, array in enumerate(arrays):
         images[index] = array.transpose(2, 0, 1)
     return torch.from_numpy(images)
+
+
+def _empty_report(listing: FolderListing) -> FolderReport:
+    return FolderReport(listing.root, listing.classes, ignored=list(listing.ignored))
 
 
 def _handle_bad(file: Path, bad: BadImage, on_error: str, report: FolderReport) -> None:

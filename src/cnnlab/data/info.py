@@ -1,4 +1,5 @@
-"""What a dataset holds: counts per class, per-channel statistics, and a grid of samples."""
+"""What a dataset holds, split by split: counts per class, per-channel statistics, and a grid of
+samples."""
 
 from __future__ import annotations
 
@@ -24,6 +25,24 @@ def dataset_info(data: ImageSet) -> dict:
         "mean": [round(v, 4) for v in mean.tolist()],
         "std": [round(v, 4) for v in std.tolist()],
     }
+
+
+def splits_info(dataset: str, infos: dict[str, dict]) -> dict:
+    """The report on several splits: the dataset as named, its images over all the splits, and
+    `dataset_info` of each split under its name ("train", "val", "test", or "all")."""
+    total = sum(info["images"] for info in infos.values())
+    return {"dataset": dataset, "images": total, "splits": infos}
+
+
+def format_splits_info(report: dict) -> str:
+    """Each split's `format_info`, after a line of totals when there are several."""
+    splits = report["splits"]
+    blocks = [format_info(info) for info in splits.values()]
+    if len(blocks) == 1:
+        return blocks[0]
+    counts = ", ".join(f"{split} {info['images']:,}" for split, info in splits.items())
+    total = f"{report['dataset']}: {report['images']:,} images in {len(splits)} splits ({counts})"
+    return "\n\n".join([total, *blocks])
 
 
 def format_info(info: dict) -> str:

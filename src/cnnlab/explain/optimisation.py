@@ -21,9 +21,9 @@ from cnnlab.explain.training import (
     train_classifier,
     with_epochs,
 )
+from cnnlab.runs.config import TrainConfig
 from cnnlab.scratch.batchnorm import batchnorm_forward
-from cnnlab.train.config import TrainConfig
-from cnnlab.train.lr_find import lr_find
+from cnnlab.studies.lr_find import lr_find
 
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over Fashion-MNIST's 10 classes
 

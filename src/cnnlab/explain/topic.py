@@ -135,6 +135,11 @@ def at_least(fraction: float) -> str:
     return "all" if fraction >= 1 else f"at least {fraction:.0%}"
 
 
+def percent(fraction: float) -> str:
+    """An accuracy or error for verdicts, to a tenth of a point: 0.8734 -> "87.3%"."""
+    return f"{100 * fraction:.1f}%"
+
+
 def _flatten(numbers: dict, prefix: str = ""):
     for key, value in numbers.items():
         name = f"{prefix}{key}"

@@ -17,7 +17,7 @@ from torch import nn
 from cnnlab.data import load_dataset
 from cnnlab.data.dataset import ImageSet
 from cnnlab.explain.topic import Context
-from cnnlab.train.config import TrainConfig
+from cnnlab.runs.config import TrainConfig
 from cnnlab.train.setup import RunData
 from cnnlab.train.trainer import Trainer
 
@@ -115,6 +115,22 @@ def train_classifier(
         on_train = trainer.evaluate(train)
     final = trainer.final_evaluation
     return TrainResult(history, final.loss, final.acc, on_train.acc, on_train.loss)
+
+
+# Adam at a constant rate for the global-pooling, residual and fitting topics: with SGD (momentum
+# 0.9, constant rate) at the rates that train their BatchNorm nets in a few epochs, the last
+# iterate's eval-mode accuracy swung by 20-30 points from epoch to epoch, which drowned the
+# effects being measured.
+def train_with_adam(
+    ctx: Context, model: nn.Module, data: FashionMnist, images, test, epochs, **options
+) -> TrainResult:
+    """Train with Adam at a constant rate through cnnlab's Trainer."""
+    options.update(train_images=images, test_images=test, epochs=epochs, optimizer="adam")
+    return train_classifier(ctx, model, data, **options)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def _epoch_lines(log):

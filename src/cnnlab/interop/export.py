@@ -2,7 +2,7 @@
 PyTorch model it came from before it takes its name.
 
 `export_run` (`cnnlab export RUN --format F`) loads a run folder or the model.safetensors of a
-training run (train/inference.py), in eval mode on the CPU, with the run's input shape (its
+training run (runs/trained.py), in eval mode on the CPU, with the run's input shape (its
 channels and resized size) and class count. `export_model` does the same for any model in
 memory, no run folder needed. Unless `--out` says otherwise, the file goes beside the weights,
 RUN/model.onnx, RUN/model.pt or RUN/model-export.safetensors (a weights file W.safetensors gives
@@ -13,10 +13,11 @@ W.onnx, W.pt, W-export.safetensors):
   as the auxiliary heads of GoogLeNet and Inception v3 exist in training mode only;
 - torchscript: torch.jit.trace, for torch.jit.load in Python or libtorch in C++ (torch 2.13
   calls TorchScript deprecated, and it still loads);
-- safetensors: cnnlab's weights format (train/checkpoint.py), with the model name and options.
+- safetensors: cnnlab's weights format (runs/weights.py), with the model name and options.
 
 The ONNX and TorchScript files carry the run's description (classes, input size, mean and std)
 as JSON under "cnnlab": in the ONNX metadata_props, in the TorchScript extra file cnnlab.json.
+export_formats.py writes and loads each format.
 
 Verification. The file is written to a temp name, loaded back (onnxruntime, torch.jit.load,
 load_model) and run on seeded N(0, 1) batches of 1 and N (two batch sizes exercise the dynamic
@@ -33,12 +34,6 @@ output's name; a failed export leaves none behind.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import json
-import logging
-import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,20 +41,14 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.interop.export_formats import LOADERS, WRITERS, model_label
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 _DEFAULT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": "-export.safetensors"}
 RELATIVE_TOLERANCE = 1e-4
 EXACT_FORMATS = ("safetensors",)
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
-METADATA_KEY = "cnnlab"
-TORCHSCRIPT_METADATA = "cnnlab.json"
-ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 SEED = 0
 RANDOM_INPUTS = "random N(0, 1)"
-MIN_OPSET = 18  # the dynamo exporter's own; older opsets need a conversion that often fails
-
-Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -121,7 +110,7 @@ def export_run(
 ) -> ExportReport:
     """Export the model of a run folder (or of a training run's weights file) and verify it,
     with real images of its dataset when they are on disk (`data_dir`, else the run's)."""
-    from cnnlab.train.inference import eval_pipeline, load_trained
+    from cnnlab.runs.trained import eval_pipeline, load_trained
 
     check_format(fmt, opset)
     model, metadata = load_trained(source)
@@ -180,7 +169,7 @@ def dataset_images(
 
 def _run_data_dir(source: str) -> str | None:
     """The data folder a run folder's config.toml names, if any."""
-    from cnnlab.train.config import load_toml
+    from cnnlab.runs.config import load_toml
 
     config = Path(source) / "config.toml"
     return load_toml(config).get("data_dir") if config.is_file() else None
@@ -221,7 +210,7 @@ def export_model(
     example = inputs[1][1]  # the random batch of batch_size
     path = Path(path)
     with atomic_path(path) as temp:
-        opset = _WRITERS[fmt](model, example, temp, metadata, opset)
+        opset = WRITERS[fmt](model, example, temp, metadata, opset)
         report = verify_export(temp, fmt, model, inputs)
         report.path, report.opset = path, opset
         if not report.passed:
@@ -252,7 +241,7 @@ def verify_export(
 ) -> ExportReport:
     """Run each described batch through the exported file and through `model`; the report says
     how far apart they are and whether that is within the format's tolerance."""
-    run_export = _LOADERS[fmt](Path(path))
+    run_export = LOADERS[fmt](Path(path))
     checks, scale = [], 0.0
     for name, batch in inputs:
         with torch.no_grad():
@@ -274,14 +263,10 @@ def logits_of(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     output = model(batch)
     if not isinstance(output, torch.Tensor):
         raise CnnlabError(
-            f"{_name(model)} returned {type(output).__name__} in eval mode; export needs a "
+            f"{model_label(model)} returned {type(output).__name__} in eval mode; export needs a "
             "model that returns one logits tensor"
         )
     return output
-
-
-def _name(model: nn.Module) -> str:
-    return getattr(model, "name", type(model).__name__)
 
 
 def _model_description(model: nn.Module, fmt: str) -> dict:
@@ -298,130 +283,3 @@ def _model_description(model: nn.Module, fmt: str) -> dict:
             "metadata with its model name, num_classes and in_channels"
         )
     return {}
-
-
-# ---- writers and loaders, one pair per format --------------------------------------------------
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence what does not concern the user: torch.onnx's warnings about torchvision (not a
-    dependency), onnxscript's log of failed opset conversions (reported in one line), torch.jit's
-    deprecation and shape-check warnings (the input shape is fixed but for the verified batch)."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-def require_onnx() -> None:
-    missing = []
-    for package in ONNX_PACKAGES:
-        try:
-            importlib.import_module(package)
-        except ImportError:
-            missing.append(package)
-    if missing:
-        raise CnnlabError(
-            f"ONNX export needs {', '.join(ONNX_PACKAGES)}; {', '.join(missing)} not installed: "
-            'pip install "cnnlab[onnx]"'
-        )
-
-
-def _write_onnx(model, example, path, metadata, opset) -> int:
-    """A single-file ONNX model with a dynamic batch dimension; returns its opset."""
-    require_onnx()
-    with _quiet():
-        try:
-            names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME]}
-            batch = ({0: torch.export.Dim("batch")},)
-            program = torch.onnx.export(
-                model,
-                (example,),
-                dynamo=True,
-                dynamic_shapes=batch,
-                opset_version=opset,
-                verbose=False,
-                **names,
-            )
-        except Exception as error:  # the exporter fails in many types; the user needs one line
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise CnnlabError(
-                f"torch.onnx could not export {_name(model)}: {type(error).__name__}: {reason}"
-            ) from None
-    made = program.model.opset_imports[""]
-    if opset is not None and made != opset:
-        import onnx.defs
-
-        raise CnnlabError(
-            f"torch.onnx could not convert {_name(model)} to opset {opset} and made opset {made} "
-            f"instead; choose an opset from {MIN_OPSET} to {onnx.defs.onnx_opset_version()}, "
-            "or leave --opset out"
-        )
-    program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
-    program.save(path, external_data=False)
-    return made
-
-
-def _load_onnx(path: Path) -> Runner:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    try:
-        session = onnxruntime.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as error:  # onnxruntime's own exception types (Fail, InvalidGraph...)
-        reason = str(error).replace(str(path), "the file").strip()
-        raise CnnlabError(
-            f"onnxruntime {onnxruntime.__version__} cannot load the exported model: {reason}"
-        ) from None
-    input_name = session.get_inputs()[0].name
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {input_name: batch.numpy()})[0])
-
-    return run
-
-
-def _write_torchscript(model, example, path, metadata, opset) -> None:
-    with _quiet():
-        traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, path, _extra_files={TORCHSCRIPT_METADATA: json.dumps(metadata)})
-
-
-def _load_torchscript(path: Path) -> Runner:
-    with _quiet():
-        return _runner(torch.jit.load(path, map_location="cpu"))
-
-
-def _write_safetensors(model, example, path, metadata, opset) -> None:
-    from cnnlab.train.checkpoint import save_weights
-
-    save_weights(path, model, metadata)
-
-
-def _load_safetensors(path: Path) -> Runner:
-    from cnnlab.train.checkpoint import load_model
-
-    return _runner(load_model(path)[0])
-
-
-def _runner(module: nn.Module) -> Runner:
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return module(batch)
-
-    return run
-
-
-_WRITERS = dict(onnx=_write_onnx, torchscript=_write_torchscript, safetensors=_write_safetensors)
-_LOADERS = dict(onnx=_load_onnx, torchscript=_load_torchscript, safetensors=_load_safetensors)

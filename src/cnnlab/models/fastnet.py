@@ -1,6 +1,6 @@
 """FastNet: a small VGG-style network for reaching a good accuracy on small images quickly.
 
-It is the network of the `fast` training recipes (train/recipes.py). Its shape follows the
+It is the network of the `fast` training recipes (runs/recipes.py). Its shape follows the
 CIFAR-10 speed-run networks: David Page's ResNet-9 ("How to Train Your ResNet", DAWNBench,
 2018) and Keller Jordan's airbench ("94% on CIFAR-10 in 3.29 Seconds on a Single GPU", 2024).
 A 3x3 conv stem, then one block per width: conv -> 2x2 max pool -> BatchNorm -> ReLU, and

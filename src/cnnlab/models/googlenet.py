@@ -8,12 +8,22 @@ them: a 1x1 conv, a 1x1 reduction followed by a 3x3 conv, a 1x1 reduction follow
 and a 3x3/1 max pool followed by a 1x1 projection. All max pools round up (Caffe's ceil mode), which
 gives the paper's map sizes 112-56-28-14-7 at 224x224.
 
-The defaults reproduce the common reference implementation (torchvision's `googlenet`,
-6,624,904 parameters without auxiliary heads), which departs from the paper in two ways: BatchNorm
-(eps 0.001) after every conv, and a 3x3 instead of a 5x5 kernel in the "5x5" branch. The paper's
-own network is `googlenet(batch_norm=False, large_branch_kernel=5, lrn=True, aux_logits=True)`:
-biased convs without BatchNorm, true 5x5 kernels, and local response normalisation after the first
-max pool and after the 3x3 conv of the stem.
+The defaults follow the common reference implementation (torchvision's `googlenet`, 6,624,904
+parameters without auxiliary heads) in two departures from the paper: BatchNorm (eps 0.001) after
+every conv, and a 3x3 instead of a 5x5 kernel in the "5x5" branch. The paper's own network is
+`googlenet(batch_norm=False, large_branch_kernel=5, lrn=True, aux_logits=True)`: biased convs
+without BatchNorm, true 5x5 kernels, and local response normalisation after the first max pool and
+after the 3x3 conv of the stem.
+
+torchvision departs a third time, with a 2x2/2 max pool after 4e where the paper has 3x3/2 (the
+same 7x7 map at 224x224 but other values; one row and column more where 4e's map is odd).
+`torchvision_compat=True` takes that pool too, and then computes exactly what torchvision's
+`googlenet` computes, so that its weights give its outputs: every other layer already matches,
+the auxiliary heads included. Dropout rates stay this model's options (torchvision's: 0.2, and
+0.7 in the auxiliary heads); they act in training only. torchvision's `transform_input`, which
+rescales ImageNet-normalised inputs to mean = std = 0.5 inside its model for its pretrained
+weights, is no layer here: a cnnlab model takes inputs normalised as its weights file's metadata
+says (0.5 for those weights, imported).
 
 With `aux_logits=True` two auxiliary classifiers sit on the outputs of 4a and 4d, as in the paper
 (average pool to 4x4 -> 1x1 conv 128 -> FC 1024 -> dropout 0.7 -> linear). In training mode
@@ -53,6 +63,9 @@ INCEPTION_CFGS: dict[str, tuple[int, int, int, int, int, int, int]] = {
     "5b": (832, 384, 192, 384, 48, 128, 128),
 }
 POOL_AFTER = ("3b", "4e")  # the 3x3/2 max pools between stages 3, 4 and 5
+# The options `torchvision_compat` requires: torchvision's network has BatchNorm, 3x3 kernels in
+# the "5x5" branch and no LRN.
+TORCHVISION_FORM = {"batch_norm": True, "large_branch_kernel": 3, "lrn": False}
 AUX_TAPS = {"inception4a": "aux1", "inception4d": "aux2"}  # block output -> auxiliary head
 NUM_FEATURES = 1024
 
@@ -131,6 +144,7 @@ class GoogLeNet(ClassifierModel):
         aux_logits: bool,
         dropout: float,
         aux_dropout: float,
+        torchvision_compat: bool,
     ):
         super().__init__()
         self.name, self.num_classes, self.in_channels = "googlenet", num_classes, in_channels
@@ -151,7 +165,9 @@ class GoogLeNet(ClassifierModel):
         for block, cfg in INCEPTION_CFGS.items():
             layers.append((f"inception{block}", Inception(*cfg, large_branch_kernel, conv)))
             if block in POOL_AFTER:
-                layers.append((f"pool{block[0]}", _max_pool()))
+                # torchvision pools 2x2/2 after 4e, the paper 3x3/2 (module docstring)
+                kernel = 2 if torchvision_compat and block == "4e" else 3
+                layers.append((f"pool{block[0]}", _max_pool(kernel)))
         self.features = nn.Sequential(OrderedDict(layers))
 
         self.aux = nn.ModuleDict()
@@ -199,8 +215,8 @@ class GoogLeNet(ClassifierModel):
             head.reset(num_classes)
 
 
-def _max_pool() -> nn.MaxPool2d:
-    return nn.MaxPool2d(3, stride=2, ceil_mode=True)
+def _max_pool(kernel: int = 3) -> nn.MaxPool2d:
+    return nn.MaxPool2d(kernel, stride=2, ceil_mode=True)
 
 
 def _lrn() -> nn.LocalResponseNorm:
@@ -219,6 +235,7 @@ def googlenet(
     aux_logits: bool = False,
     dropout: float = 0.4,
     aux_dropout: float = 0.7,
+    torchvision_compat: bool = False,
 ) -> GoogLeNet:
     """GoogLeNet; the defaults are the reference implementation (6,624,904 parameters).
 
@@ -232,6 +249,9 @@ def googlenet(
         returns {"logits", "aux1", "aux2"}.
     dropout: before the final classifier (0.4 in the paper).
     aux_dropout: inside the auxiliary classifiers (0.7 in the paper).
+    torchvision_compat: torchvision's 2x2/2 max pool after 4e instead of the paper's 3x3/2, so
+        that torchvision's weights give torchvision's outputs; needs the other options'
+        defaults (torchvision's network).
 
     `batch_norm=False, large_branch_kernel=5, lrn=True` is the paper's network.
     """
@@ -239,6 +259,17 @@ def googlenet(
         raise UnknownModelError(
             f"googlenet option large_branch_kernel must be 3 or 5, got {large_branch_kernel!r}"
         )
+    if torchvision_compat:
+        given = {"batch_norm": batch_norm, "large_branch_kernel": large_branch_kernel, "lrn": lrn}
+        conflicts = [
+            f"{key}={given[key]!r}" for key in given if given[key] != TORCHVISION_FORM[key]
+        ]
+        if conflicts:
+            required = ", ".join(f"{key}={value!r}" for key, value in TORCHVISION_FORM.items())
+            raise UnknownModelError(
+                f"googlenet option torchvision_compat=True builds torchvision's network, which "
+                f"has {required}; got {', '.join(conflicts)}"
+            )
     return GoogLeNet(
         num_classes,
         in_channels,
@@ -248,4 +279,5 @@ def googlenet(
         aux_logits,
         dropout,
         aux_dropout,
+        torchvision_compat,
     )

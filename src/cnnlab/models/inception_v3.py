@@ -13,6 +13,16 @@ double 3x3 one, and its auxiliary head has no BatchNorm on the fully connected l
 start truncated normal (std 0.1, 0.01 for the auxiliary conv, 0.001 for its classifier, cut at
 two standard deviations as TensorFlow's), BatchNorm at weight 1, bias 0. Dropout before the
 classifier is 0.2 (the reference TF-slim code keeps 80%; other ports use 0.5).
+
+The 3x3/1 average pools inside the Inception modules divide by the number of real pixels, as
+TensorFlow's 'SAME' pooling of the reference code. torchvision's `inception_v3` divides by 9 at
+the borders too, counting the zero padding; `torchvision_compat=True` does the same, and then
+computes exactly what torchvision's model computes, so that its weights give its outputs: every
+other layer already matches, the auxiliary head included. Dropout stays this model's option
+(torchvision's: 0.5); it acts in training only. torchvision's `transform_input`, which rescales
+ImageNet-normalised inputs to mean = std = 0.5 inside its model for its pretrained weights, is no
+layer here: a cnnlab model takes inputs normalised as its weights file's metadata says (0.5 for
+those weights, imported).
 """
 
 from __future__ import annotations
@@ -43,9 +53,10 @@ def conv_same(cin: int, cout: int, kernel_h: int, kernel_w: int) -> ConvNormAct:
     )
 
 
-def avg_pool() -> nn.AvgPool2d:
-    # TensorFlow's 'SAME' average pooling divides by the number of real pixels.
-    return nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+def avg_pool(count_padding: bool = False) -> nn.AvgPool2d:
+    """3x3/1 average pool keeping the map size; by default the average of the real pixels only
+    (TensorFlow's 'SAME' pooling), with `count_padding` over all 9 (torchvision's)."""
+    return nn.AvgPool2d(3, 1, 1, count_include_pad=count_padding)
 
 
 def stem(in_channels: int) -> nn.Sequential:
@@ -61,13 +72,13 @@ def stem(in_channels: int) -> nn.Sequential:
     )
 
 
-def inception_35(cin: int, pool_proj: int) -> Branches:
+def inception_35(cin: int, pool_proj: int, count_padding: bool = False) -> Branches:
     """35x35 module; output width 224 + pool_proj."""
     return Branches(
         conv(cin, 64, 1),
         nn.Sequential(conv(cin, 48, 1), conv(48, 64, 5, padding=2)),
         nn.Sequential(conv(cin, 64, 1), conv_same(64, 96, 3, 3), conv_same(96, 96, 3, 3)),
-        nn.Sequential(avg_pool(), conv(cin, pool_proj, 1)),
+        nn.Sequential(avg_pool(count_padding), conv(cin, pool_proj, 1)),
     )
 
 
@@ -80,7 +91,7 @@ def reduction_35_to_17(cin: int) -> Branches:
     )
 
 
-def inception_17(cin: int, mid: int) -> Branches:
+def inception_17(cin: int, mid: int, count_padding: bool = False) -> Branches:
     """17x17 module with 7x7 convs factorised into 1x7 and 7x1; output width 768."""
     return Branches(
         conv(cin, 192, 1),
@@ -92,7 +103,7 @@ def inception_17(cin: int, mid: int) -> Branches:
             conv_same(mid, mid, 7, 1),
             conv_same(mid, 192, 1, 7),
         ),
-        nn.Sequential(avg_pool(), conv(cin, 192, 1)),
+        nn.Sequential(avg_pool(count_padding), conv(cin, 192, 1)),
     )
 
 
@@ -115,13 +126,13 @@ def split_1x3_3x1(cin: int, cout: int) -> Branches:
     return Branches(conv_same(cin, cout, 1, 3), conv_same(cin, cout, 3, 1))
 
 
-def inception_8(cin: int) -> Branches:
+def inception_8(cin: int, count_padding: bool = False) -> Branches:
     """8x8 module; output width 2048."""
     return Branches(
         conv(cin, 320, 1),
         nn.Sequential(conv(cin, 384, 1), split_1x3_3x1(384, 384)),
         nn.Sequential(conv(cin, 448, 1), conv_same(448, 384, 3, 3), split_1x3_3x1(384, 384)),
-        nn.Sequential(avg_pool(), conv(cin, 192, 1)),
+        nn.Sequential(avg_pool(count_padding), conv(cin, 192, 1)),
     )
 
 
@@ -150,7 +161,14 @@ class InceptionV3(ClassifierModel):
     otherwise (and always in eval mode) the logits tensor alone.
     """
 
-    def __init__(self, num_classes: int, in_channels: int, aux_logits: bool, dropout: float):
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        aux_logits: bool,
+        dropout: float,
+        torchvision_compat: bool,
+    ):
         super().__init__()
         self.name, self.num_classes, self.in_channels = "inception_v3", num_classes, in_channels
         # Smallest input whose 17x17-grid map is still 17 wide, which the auxiliary head's 5x5/3
@@ -159,14 +177,22 @@ class InceptionV3(ClassifierModel):
         self.default_cfg = DefaultCfg((in_channels, 299, 299), (min_size, min_size), PAPER, 2016)
         self.num_features = 2048
         self.stem = stem(in_channels)
+        count_padding = torchvision_compat  # torchvision's average pools count the zero padding
         self.stage_35 = nn.Sequential(
-            inception_35(192, 32), inception_35(256, 64), inception_35(288, 64)
+            inception_35(192, 32, count_padding),
+            inception_35(256, 64, count_padding),
+            inception_35(288, 64, count_padding),
         )
         self.stage_17 = nn.Sequential(
-            reduction_35_to_17(288), *(inception_17(768, mid) for mid in GRID_17_WIDTHS)
+            reduction_35_to_17(288),
+            *(inception_17(768, mid, count_padding) for mid in GRID_17_WIDTHS),
         )
         self.aux = AuxHead(768, num_classes) if aux_logits else None
-        self.stage_8 = nn.Sequential(reduction_17_to_8(768), inception_8(1280), inception_8(2048))
+        self.stage_8 = nn.Sequential(
+            reduction_17_to_8(768),
+            inception_8(1280, count_padding),
+            inception_8(2048, count_padding),
+        )
         self.head = GlobalPoolHead(2048, num_classes, dropout)
 
         for module in self.modules():
@@ -201,7 +227,16 @@ def _trunc_normal(module: nn.Conv2d | nn.Linear, std: float) -> None:
 
 @register_model
 def inception_v3(
-    num_classes: int = 1000, in_channels: int = 3, *, aux_logits: bool = True, dropout: float = 0.2
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    *,
+    aux_logits: bool = True,
+    dropout: float = 0.2,
+    torchvision_compat: bool = False,
 ) -> InceptionV3:
-    """Inception-v3 (Szegedy et al., 2016), 299x299 input, optional auxiliary classifier."""
-    return InceptionV3(num_classes, in_channels, aux_logits, dropout)
+    """Inception-v3 (Szegedy et al., 2016), 299x299 input, optional auxiliary classifier.
+
+    torchvision_compat: average pools that count the zero padding, as torchvision's (whose
+        weights then give torchvision's outputs), instead of TensorFlow's that leave it out.
+    """
+    return InceptionV3(num_classes, in_channels, aux_logits, dropout, torchvision_compat)

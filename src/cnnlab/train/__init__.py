@@ -1,10 +1,13 @@
-"""Training: the trainer, optimisers and schedules, checkpoints, metrics."""
+"""Training: the loop (trainer.py) and what a step needs (set-up, optimisers and schedules,
+metrics, evaluation, BatchNorm statistics, weight averaging, the fast path, failures, signals,
+distributed training). A run's configuration and files are cnnlab.runs'; reports on runs are
+cnnlab.reports'."""
 
-from cnnlab.train.config import TrainConfig, config_from
+from cnnlab.runs.config import TrainConfig, config_from
 from cnnlab.train.stopping import Interrupted
 from cnnlab.train.trainer import Trainer
 
-__all__ = ["Interrupted", "TrainConfig", "Trainer", "train"]
+__all__ = ["Interrupted", "TrainConfig", "Trainer", "config_from", "train"]
 
 
 def train(**settings) -> list[dict]:

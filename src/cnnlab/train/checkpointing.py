@@ -2,7 +2,7 @@
 
 The state a checkpoint holds (position, history, best epoch, the run's identity), the save
 that keeps the replaced `last` as `previous`, the restore from the newest usable checkpoint
-(resume.py), and the stop signals: during the epochs a signal stops the run at the next step
+(runs/resume.py), and the stop signals: during the epochs a signal stops the run at the next step
 boundary with a checkpoint; while setting up or writing the final report it stops at once.
 `Checkpointing` is mixed into `Trainer` (trainer.py), whose attributes it uses.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import signal
 
-from cnnlab.train.checkpoint import Checkpoint, save_checkpoint
+from cnnlab.runs.checkpoint import Checkpoint, save_checkpoint
+from cnnlab.runs.resume import check_same_run, load_resumable, run_identity
 from cnnlab.train.metrics import RunningMetrics
-from cnnlab.train.resume import check_same_run, load_resumable, run_identity
 from cnnlab.train.stopping import Interrupted, notify
 
 
@@ -100,7 +100,7 @@ class Checkpointing:
         return position
 
     def load_resumable(self) -> Checkpoint:
-        """Restore from the run's newest usable checkpoint (see resume.py)."""
+        """Restore from the run's newest usable checkpoint (see runs/resume.py)."""
         checkpoint, self.resumed_from = load_resumable(
             self.run,
             self.model,

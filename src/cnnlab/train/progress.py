@@ -1,8 +1,11 @@
-"""A one-line progress bar per epoch, redrawn at most a few times a second.
+"""Progress within an epoch: a bar redrawn in place on a terminal, plain lines in a log.
 
 Each redraw reads the running metrics from the device (one host sync), so the bar decides when
 a redraw is due from the clock alone; between redraws the training loop never waits on the
-device.
+device. Off a terminal (a log file, a pipe to `tee`, CI, nohup) a redraw would leave a
+carriage-return line in the log several times a second, so there the bar writes one plain line
+every `log_interval` seconds instead: nothing for an epoch shorter than that (the epoch's own
+summary line follows it), a sign of life for a long one.
 """
 
 from __future__ import annotations
@@ -11,6 +14,14 @@ import math
 import sys
 import time
 from typing import TextIO
+
+
+def is_terminal(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except (OSError, ValueError):  # a closed or detached stream
+        return False
 
 
 class EpochBar:
@@ -22,30 +33,39 @@ class EpochBar:
         stream: TextIO | None = None,
         interval: float = 0.5,
         enabled: bool = True,
+        log_interval: float = 30.0,
     ):
         self.label = f"epoch {epoch}/{epochs}"
         self.total = total
         self.stream = stream or sys.stderr
-        self.interval = interval
+        self.on_terminal = is_terminal(self.stream)
+        self.interval = interval if self.on_terminal else log_interval
         self.enabled = enabled
-        self.last_draw = float("-inf")
+        # in a log, the first line comes one interval after the epoch starts, not at its start
+        self.last_draw = float("-inf") if self.on_terminal else time.monotonic()
+        self.drawn = False
 
     def due(self) -> bool:
         return self.enabled and time.monotonic() - self.last_draw >= self.interval
 
     def draw(self, done: int, loss: float, acc: float, lr: float, images_per_s: float) -> None:
         self.last_draw = time.monotonic()
-        width = 24
-        filled = width * done // max(self.total, 1)
-        bar = "=" * filled + (">" if filled < width else "") + " " * (width - filled - 1)
-        self.stream.write(
-            f"\r{self.label} [{bar}] {done}/{self.total} loss {loss:.4f} acc {acc:.4f} "
-            f"lr {lr:.3g} {images_per_s:,.0f} img/s"
+        self.drawn = True
+        numbers = (
+            f"{done}/{self.total} loss {loss:.4f} acc {acc:.4f} lr {lr:.3g} "
+            f"{images_per_s:,.0f} img/s"
         )
+        if self.on_terminal:
+            width = 24
+            filled = width * done // max(self.total, 1)
+            bar = "=" * filled + (">" if filled < width else "") + " " * (width - filled - 1)
+            self.stream.write(f"\r{self.label} [{bar}] {numbers}")
+        else:
+            self.stream.write(f"{self.label} step {numbers}\n")
         self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled and self.last_draw > float("-inf"):
+        if self.enabled and self.drawn and self.on_terminal:
             self.stream.write("\r\033[K")
             self.stream.flush()
 

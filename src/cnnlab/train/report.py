@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from cnnlab import __version__
-from cnnlab.train.checkpoint import save_weights
-from cnnlab.train.plots import plot_confusion, plot_curves
+from cnnlab.reports.plots import plot_confusion, plot_curves
+from cnnlab.runs.weights import save_weights
 
 
 def weights_metadata(trainer) -> dict:

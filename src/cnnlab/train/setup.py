@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -13,8 +12,8 @@ from cnnlab.data.augment import BatchPipeline, parse_augmentations
 from cnnlab.data.splits import stratified_split
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
-from cnnlab.train.checkpoint import load_model
-from cnnlab.train.config import TrainConfig
+from cnnlab.runs.config import TrainConfig
+from cnnlab.runs.weights import load_model, weights_path
 
 
 @dataclass
@@ -93,12 +92,6 @@ def build_model(config: TrainConfig, num_classes: int, in_channels: int) -> nn.M
     if config.freeze == "features":
         freeze_features(model)
     return model
-
-
-def weights_path(run_or_weights: str) -> Path:
-    """A run folder's final weights, or the weights file itself."""
-    path = Path(run_or_weights)
-    return path / "model.safetensors" if path.is_dir() else path
 
 
 def freeze_features(model: nn.Module) -> int:

@@ -1,7 +1,7 @@
 """The training engine: one loop for every zoo model, dataset and setting.
 
 `Trainer(config).fit()` trains, evaluates each epoch on the validation split, checkpoints, and
-finally evaluates on the test split, writing everything to the run folder (see run.py). What
+finally evaluates on the test split, writing everything to the run folder (see runs/folder.py). What
 the classic notes dwell on is explicit here: `model.train()` for steps and `model.eval()` for
 evaluation (dropout off, BatchNorm on running statistics); auxiliary-head losses (GoogLeNet,
 Inception-v3) weighted by `aux_weight` in training only; L2 weight decay in the optimiser
@@ -21,7 +21,6 @@ what involves the other processes goes through `self.ranks` (see distributed.py)
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 import time
 import warnings
@@ -33,12 +32,14 @@ from cnnlab.clock import seconds_since_start
 from cnnlab.data.loader import InMemoryLoader
 from cnnlab.data.splits import class_weights
 from cnnlab.errors import CnnlabError
-from cnnlab.train.batchnorm import frozen_norms, recompute_batchnorm
-from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.reports.tensorboard import TensorBoardLog
+from cnnlab.runs.config import TrainConfig, config_from, load_toml
+from cnnlab.runs.folder import RunFolder
+from cnnlab.train.batchnorm import frozen_norms
 from cnnlab.train.checkpointing import Checkpointing
-from cnnlab.train.config import TrainConfig, config_from, load_toml
 from cnnlab.train.distributed import current_ranks
 from cnnlab.train.ema import WeightAverage
+from cnnlab.train.epoch_end import EpochEnd
 from cnnlab.train.evaluate import Evaluation, autocast, evaluate
 from cnnlab.train.failures import (
     SKIP_LIMIT,
@@ -52,14 +53,12 @@ from cnnlab.train.failures import (
 from cnnlab.train.fast_path import settle
 from cnnlab.train.metrics import RunningMetrics
 from cnnlab.train.optim import build_optimizer, build_schedule, l1_penalty
-from cnnlab.train.progress import EpochBar, epoch_line
-from cnnlab.train.run import RunFolder
+from cnnlab.train.progress import EpochBar
 from cnnlab.train.setup import RunData, build_model, load_run_data, pipelines, resolve_device
 from cnnlab.train.stopping import catch_stop_signals
-from cnnlab.train.tensorboard import TensorBoardLog
 
 
-class Trainer(Checkpointing):
+class Trainer(Checkpointing, EpochEnd):
     def __init__(
         self,
         config: TrainConfig,
@@ -89,16 +88,22 @@ class Trainer(Checkpointing):
         self.rotate_last = True  # whether saving `last` keeps the file it replaces (see save)
 
     @classmethod
-    def resume(cls, folder, echo=print, allow_mismatch: bool = False) -> Trainer:
+    def resume(
+        cls, folder, echo=print, allow_mismatch: bool = False, quiet: bool | None = None
+    ) -> Trainer:
         """Continue the run in `folder` with its config.toml. A checkpoint written for another
         model, class list or dataset than config.toml's is refused, unless `allow_mismatch`
-        (then its weights must still fit the model)."""
+        (then its weights must still fit the model). `quiet`, when given, replaces the run's
+        setting for this invocation only: it changes what is printed, not the run."""
         run = RunFolder.existing(folder)
         if not any(path.is_file() for path in run.resume_candidates()):
             raise CnnlabError(f"{folder} has no checkpoint to resume from ({run.last} is missing)")
         if current_ranks().is_main:  # rank 0's folder: no other rank writes there
             run.remove_debris()
-        trainer = cls(config_from(load_toml(run.config_file)), run=run, echo=echo)
+        config = config_from(load_toml(run.config_file))
+        if quiet is not None:
+            config = dataclasses.replace(config, quiet=quiet)
+        trainer = cls(config, run=run, echo=echo)
         trainer.allow_mismatch = allow_mismatch
         return trainer
 
@@ -377,97 +382,6 @@ class Trainer(Checkpointing):
         return memory_hint(
             lambda: memory_advice(self.config, self.model, self.device, doing, batch_size)
         )
-
-    # ---- epochs, checkpoints, stopping ------------------------------------------------------
-
-    def end_epoch(self, epoch: int, record: dict) -> None:
-        self.recompute_batchnorm(epoch)
-        self.ranks.broadcast_buffers(self.eval_model)  # rank 0's statistics, which it saves
-        val = self.evaluate(self.data.val) if self.data.val is not None else None
-        record["val_loss"] = val.loss if val else None
-        record["val_acc"] = val.acc if val else None
-        target = self.config.target_acc
-        if target is not None and val.acc >= target:
-            record["time_to_target_s"] = round(seconds_since_start(), 3)
-        self.history.append(record)
-        if self.ranks.is_main:
-            self.run.write_metrics(self.history)
-        self.tensorboard.end_epoch(record)
-        improved = self.track_best(record)
-        state = self.state(epoch + 1, 0)
-        self.save(self.run.last, state)
-        if improved:
-            self.save(self.run.best, state)
-        self.echo(epoch_line(record, self.config.epochs))
-
-    def recompute_batchnorm(self, epoch: int) -> None:
-        """Precise BatchNorm statistics (see batchnorm.py) from `precise_bn` training batches,
-        drawn without augmentation in a seeded order of their own."""
-        if not self.config.precise_bn:
-            return
-        loader = InMemoryLoader(
-            self.data.train.images,
-            self.data.train.labels,
-            self.config.batch_size,
-            seed=self.config.seed + epoch,
-            device=self.device,
-            pipeline=self.eval_pipeline,
-            # synchronised statistics from the ranks' parts; else every rank's from the whole
-            shard=self.ranks.shard if self.config.sync_bn else (0, 1),
-        )
-        batches = itertools.islice(self.formatted(loader), self.config.precise_bn)
-        with self.memory_hint("recomputing BatchNorm statistics", self.config.batch_size):
-            recompute_batchnorm(self.eval_model, batches)
-
-    def monitored(self) -> tuple[str, int]:
-        """The metric that picks the best epoch, and +1 where larger is better."""
-        if self.data.val is None:
-            return "train_loss", -1
-        metric = self.config.early_stopping_metric
-        return metric, (1 if metric == "val_acc" else -1)
-
-    def track_best(self, record: dict) -> bool:
-        metric, sign = self.monitored()
-        value = sign * record[metric]
-        best = getattr(self, "best", None)
-        if best is None or value > best["value"]:
-            self.best = {"metric": metric, "value": value, "epoch": record["epoch"]}
-            return True
-        return False
-
-    def reached_target(self) -> bool:
-        """With `target_acc`, whether this epoch's validation accuracy reached it; the time from
-        process start (start-up and data loading included) goes into the epoch's record."""
-        record, target = self.history[-1], self.config.target_acc
-        if target is None or record["val_acc"] < target:
-            return False
-        self.echo(
-            f"reached validation accuracy {record['val_acc']:.4f} >= {target} at epoch "
-            f"{record['epoch']}, {record['time_to_target_s']:.1f} s after the process started"
-        )
-        return True
-
-    def ended(self) -> bool:
-        """Whether the epochs so far end the run before its last epoch: the target accuracy
-        was reached, or early stopping ran out of patience (the best weights are then loaded)."""
-        if not self.history:
-            return False
-        if self.reached_target():
-            return True
-        if self.should_stop_early():
-            self.echo(
-                f"early stopping: no better {self.config.early_stopping_metric} for "
-                f"{self.config.early_stopping} epochs; restoring the best weights"
-            )
-            if self.ranks.is_main:  # and the others get the weights from it
-                load_checkpoint(self.run.best, self.model, extra_models=self.extras())
-            self.ranks.broadcast_state(self.model, *self.extras().values())
-            return True
-        return False
-
-    def should_stop_early(self) -> bool:
-        patience = self.config.early_stopping
-        return bool(patience) and self.history[-1]["epoch"] - self.best["epoch"] >= patience
 
     # ---- the end ----------------------------------------------------------------------------
 
