@@ -7,15 +7,20 @@ import os
 import struct
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# Under pytest-xdist (the README's test command) every worker is a process of its own: one math
+# thread each, so that the workers share the cores instead of contending for them. NumPy's
+# OpenBLAS reads its thread count when it loads, so this comes before the imports; its threads
+# spin while they wait, and two workers of two threads each on two cores ran the NumPy LeNet
+# test 4x slower than one thread each.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-# Under pytest-xdist every worker is a process of its own: one math thread each, so that the
-# workers share the cores instead of contending for them.
-torch.set_num_threads(
-    1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads())
-)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1 if WORKER else min(2, torch.get_num_threads()))
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -10,9 +10,12 @@ import pytest
 
 PACKAGE = Path(__file__).parents[1] / "src" / "cnnlab"
 
-# Each folder may import only the folders below it in this order (and the top-level modules
-# errors, clock, fileio). Training builds on runs and reports; studies on training; what
-# explains, converts or drives (explain, interop, cli) comes last.
+# Each folder may import only the folders below it in this order, and the top-level modules
+# (errors, clock, fileio, version), which import no folder (`python -m cnnlab`'s __main__
+# aside). Training builds on runs and reports; studies on training; what explains, converts or
+# drives (explain, interop, cli) comes last.
+# The package itself (cnnlab/__init__.py) gathers the public API from the folders; no module
+# imports it, so it closes no circle.
 LAYERS = [
     {"models", "data"},
     {"analysis", "scratch", "runs"},
@@ -22,7 +25,6 @@ LAYERS = [
     {"explain"},
     {"cli"},
 ]
-BASE_MODULES = {"errors", "clock", "fileio"}
 
 
 def module_name(path: Path) -> str:
@@ -72,6 +74,18 @@ def test_imports_point_one_way_between_folders():
             if source and goal and goal != source and layer_of(goal) >= layer_of(source):
                 wrong.append(f"{module} imports {target}")
     assert not wrong, "imports against the layering:\n" + "\n".join(sorted(wrong))
+
+
+def test_top_level_modules_import_no_folder_and_nothing_imports_the_package():
+    wrong = []
+    for module, imports in import_graph().items():
+        for target in imports:
+            entry_points = ("cnnlab", "cnnlab.__main__")  # the public API, `python -m cnnlab`
+            if folder_of(module) is None and module not in entry_points and folder_of(target):
+                wrong.append(f"{module} imports {target}")
+            if target == "cnnlab" and module != "cnnlab.__main__":
+                wrong.append(f"{module} imports the package cnnlab (its public API)")
+    assert not wrong, "\n".join(sorted(wrong))
 
 
 def test_no_module_imports_itself_back():

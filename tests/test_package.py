@@ -50,3 +50,17 @@ def test_ruff_lint_and_format_are_clean():
     assert lint.returncode == 0, lint.stdout + lint.stderr
     fmt = run("ruff", "format", "--check", ".")
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_the_earlier_import_paths_of_the_readme_still_work():
+    from cnnlab.reports.compare import compare_runs, format_leaderboard
+    from cnnlab.reports.html_report import write_html_report
+    from cnnlab.train.compare import compare_runs as old_compare
+    from cnnlab.train.compare import format_leaderboard as old_format
+    from cnnlab.train.html_report import write_html_report as old_write
+
+    assert (old_compare, old_format, old_write) == (
+        compare_runs,
+        format_leaderboard,
+        write_html_report,
+    )

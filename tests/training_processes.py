@@ -4,11 +4,13 @@ progress bar, signalled, and compared by the exact bytes of their tensors."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 import threading
@@ -95,6 +97,103 @@ def run_cnnlab(
     )
 
 
+# Runs many `cnnlab` commands as real processes that share one interpreter start: the launcher
+# imports cnnlab (and torch, most of a short command's second) once, then forks a child per
+# command, its stdout and stderr redirected to files, at most `parallel` at a time. Each child
+# is a process of its own, with its own exit code, output and files, as `python -m cnnlab` is;
+# the launcher runs no torch computation, so forking it is safe.
+FORKING_LAUNCHER = """
+import json, os, signal, sys, traceback
+from cnnlab.cli import main
+
+jobs, parallel = json.load(sys.stdin), int(sys.argv[1])
+codes, running = {}, {}
+
+def run(job):
+    signal.alarm(job["timeout"])  # a hung command dies (SIGALRM) instead of hanging the test
+    for fd, name in ((1, "out"), (2, "err")):
+        os.dup2(os.open(job[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    os.chdir(job["cwd"])
+    sys.argv = ["cnnlab", *job["argv"]]
+    try:
+        code = main(job["argv"])
+    except SystemExit as exit:
+        if isinstance(exit.code, str):
+            print(exit.code, file=sys.stderr)
+        code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+def reap():
+    pid, status = os.wait()
+    codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+
+for index, job in enumerate(jobs):
+    while len(running) >= parallel:
+        reap()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        run(job)
+    running[pid] = index
+while running:
+    reap()
+print(json.dumps([codes[index] for index in range(len(jobs))]))
+"""
+
+
+def run_cnnlab_many(
+    commands: list[list[str]],
+    scratch: Path,
+    cwds: list[Path] | None = None,
+    parallel: int = 2,
+    timeout: int = 120,
+) -> list[subprocess.CompletedProcess]:
+    """Each `cnnlab ARGS` in `commands` run to its end as a process of its own (see
+    FORKING_LAUNCHER), with one math thread (ENV); outputs go through files in `scratch`. A
+    command still running after `timeout` seconds is killed (its exit code: -14, SIGALRM)."""
+    jobs = [
+        {
+            "argv": argv,
+            "out": str(scratch / f"{index}.out"),
+            "err": str(scratch / f"{index}.err"),
+            "cwd": str(cwds[index] if cwds else Path.cwd()),
+            "timeout": timeout,
+        }
+        for index, argv in enumerate(commands)
+    ]
+    with subprocess.Popen(
+        [sys.executable, "-c", FORKING_LAUNCHER, str(parallel)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        start_new_session=True,  # its own process group: the children go with it
+    ) as launcher:
+        try:
+            stdout, stderr = launcher.communicate(json.dumps(jobs), timeout * len(jobs) + 60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode == 0, stderr
+    codes = json.loads(stdout.splitlines()[-1])
+    return [
+        subprocess.CompletedProcess(
+            ["cnnlab", *job["argv"]],
+            code,
+            Path(job["out"]).read_text(errors="replace"),
+            Path(job["err"]).read_text(errors="replace"),
+        )
+        for job, code in zip(jobs, codes, strict=True)
+    ]
+
+
 class TrainProcess:
     """`cnnlab train ARGS` (or another command) in the background, its stdout and stderr read
     as they come. Its stderr is a pseudo-terminal, as a user's would be, so that it draws its
@@ -179,7 +278,7 @@ _STRAIGHT: dict[str, Path] = {}
 
 
 def straight_run(tmp_path_factory) -> tuple[Path, Path]:
-    """The data and the folder of the uninterrupted parity run: trained once per session, for
+    """The data and the folder of the uninterrupted parity run: trained once per test process, for
     test_resume_parity.py and test_signals.py alike."""
     if not _STRAIGHT:
         root = tmp_path_factory.mktemp("parity")

@@ -1,20 +1,23 @@
 """Impossible `cnnlab train` arguments are refused before any work, with one clear line.
 
-Every case is a real `python -m cnnlab train` process. Its data folder is a trap: the dataset
+Every case is a real `cnnlab train` process of its own. Its data folder is a trap: the dataset
 files are there but hold text, so a run that loaded any data would fail naming one of them
 instead of the input at fault. Each bad input must exit with 2 and exactly one line on stderr
 naming the problem, no traceback, and no run folder (nor any new file in a --resume folder).
-The processes run a few at a time: each spends most of its second importing torch.
+The processes run two at a time, forked from one that imported cnnlab (run_cnnlab_many): each
+would otherwise spend most of its second importing torch.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
+import tempfile
 from pathlib import Path
 
 import pytest
-from training_processes import run_cnnlab
+
+from training_processes import run_cnnlab, run_cnnlab_many
 
 TRAP_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -115,13 +118,13 @@ def places(tmp_path_factory) -> dict[str, Path]:
     return {"tmp": tmp, "data": tmp / "data", "run": run, "plain": plain, "file": tmp / "file"}
 
 
-def cnnlab_train(args: list[str], out: Path | None, places: dict) -> subprocess.CompletedProcess:
-    argv = [a.format(**places) for a in args]
+def train_argv(args: list[str], out: Path, places: dict) -> list[str]:
+    argv = ["train", *(a.format(**places) for a in args)]
     if "--resume" not in argv:
         argv += ["--data-dir", str(places["data"]), "--device", "cpu", "--quiet"]
         if "--out" not in argv:
             argv += ["--out", str(out)]
-    return run_cnnlab("train", *argv, timeout=120)
+    return argv
 
 
 def listing(places: dict) -> list[str]:
@@ -130,15 +133,20 @@ def listing(places: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def refusals(places) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
-    """Every bad input's process, three at a time; the files under tmp before they ran."""
+    """Every bad input's process, two at a time; the files under tmp before they ran."""
     before = listing(places)
     outs = {name: places["tmp"] / f"out-{index}" for index, (name, _, _) in enumerate(BAD_INPUTS)}
-    with ThreadPoolExecutor(3) as pool:
-        futures = {
-            name: pool.submit(cnnlab_train, args, outs[name], places)
-            for name, args, _ in BAD_INPUTS
-        }
-        results = {name: (future.result(), outs[name]) for name, future in futures.items()}
+    scratch = Path(tempfile.mkdtemp(prefix="cnnlab-inputs-"))  # outside tmp: it is watched
+    try:
+        processes = run_cnnlab_many(
+            [train_argv(args, outs[name], places) for name, args, _ in BAD_INPUTS], scratch
+        )
+    finally:
+        shutil.rmtree(scratch)
+    results = {
+        name: (process, outs[name])
+        for (name, _, _), process in zip(BAD_INPUTS, processes, strict=True)
+    }
     assert listing(places) == before  # nothing made or changed: no run folder, no --resume file
     return results
 
@@ -159,7 +167,7 @@ def test_bad_input_is_refused_before_any_work(refusals, places, name, args, expe
 
 def test_the_trap_catches_a_run_that_loads_data(places, tmp_path):
     """The control: good settings do load the trap's files, and fail naming one of them."""
-    result = cnnlab_train(["--epochs", "1"], tmp_path / "run", places)
+    result = run_cnnlab(*train_argv(["--epochs", "1"], tmp_path / "run", places), timeout=120)
     assert result.returncode == 2
     assert "train-images-idx3-ubyte.gz: not an IDX file" in result.stderr
     assert not (tmp_path / "run").exists()

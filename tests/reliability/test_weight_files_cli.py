@@ -1,18 +1,16 @@
-"""The command line refuses bad weight and checkpoint files: real `python -m cnnlab` processes
-(eval, predict, train --resume, train --init-from) given a pickle payload or a damaged,
-non-finite or wrong-architecture file exit with code 2 and one error line naming the file, with
-no traceback; the payload never runs, the bad file is left as it was, and no run folder is made
-or checkpoint added.
+"""The command line refuses bad weight and checkpoint files: real `cnnlab` processes (eval,
+predict, train --resume, train --init-from; each forked from one that imported cnnlab) given a
+pickle payload or a damaged, non-finite or wrong-architecture file exit with code 2 and one
+error line naming the file, with no traceback; the payload never runs, the bad file is left as
+it was, and no run folder is made or checkpoint added.
 """
 
 from __future__ import annotations
 
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from training_processes import run_cnnlab
 from weight_file_inputs import (
     CORRUPT,
     lenet,
@@ -22,6 +20,7 @@ from weight_file_inputs import (
 )
 
 from cnnlab.runs.checkpoint import save_checkpoint
+from training_processes import run_cnnlab_many
 
 # (command, what the bad file is); every command gets the torch.save payload, and the damaged
 # files are spread over the commands so that each command meets several of them.
@@ -84,7 +83,7 @@ def cli_command(workspace: Path, folder: Path, command: str, path: Path) -> list
 
 @pytest.fixture(scope="module")
 def cli_outcomes(workspace) -> dict:
-    """Every CLI case run as `python -m cnnlab ...`, two processes at a time."""
+    """Every CLI case run as a `cnnlab` process of its own, two at a time."""
     cases = {}
     for command, kind in CLI_CASES:
         folder = workspace / "cli" / f"{command}-{kind}"
@@ -98,12 +97,12 @@ def cli_outcomes(workspace) -> dict:
             path = bad_file(workspace, folder, command, kind)
         cases[(command, kind)] = (folder, path, path.read_bytes())
 
-    def run(case):
-        folder, path, _ = cases[case]
-        return run_cnnlab(*cli_command(workspace, folder, case[0], path), timeout=300, cwd=folder)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(zip(cases, pool.map(run, cases), strict=True))
+    outcomes = run_cnnlab_many(
+        [cli_command(workspace, cases[case][0], case[0], cases[case][1]) for case in cases],
+        workspace / "cli",
+        cwds=[folder for folder, _, _ in cases.values()],
+    )
+    results = dict(zip(cases, outcomes, strict=True))
     return {case: (*cases[case], results[case]) for case in cases}
 
 

@@ -1,7 +1,8 @@
 """The scratch LeNets trained with the scratch SGD: they learn a toy problem, and on the real
 Fashion-MNIST (CI sets CNNLAB_DATA) both pass 85% test accuracy: the BatchNorm/ReLU/max-pooling
 one after one epoch (measured 0.868, 10 s on 2 cores), the sigmoid/average-pooling original
-after six (measured 0.874, 40 s)."""
+after four at lr 0.2 (measured 0.852 after three, 0.864 after four, 44 s on one AMD EPYC core;
+the README's six epochs at lr 0.1 reach 0.874 but take half as long again)."""
 
 import os
 
@@ -45,6 +46,6 @@ def test_modern_scratch_lenet_reaches_85_percent_in_one_epoch(fashion_mnist):
 @needs_data
 def test_original_sigmoid_scratch_lenet_reaches_85_percent(fashion_mnist):
     model = scratch_lenet(rng=np.random.default_rng(0), dtype=np.float32)
-    history = train_scratch(model, fashion_mnist, epochs=6, lr=0.1, log=lambda line: None)
+    history = train_scratch(model, fashion_mnist, epochs=4, lr=0.2, log=lambda line: None)
     assert history[-1]["test_acc"] >= 0.85
     assert history[-1]["train_loss"] < history[0]["train_loss"] / 2

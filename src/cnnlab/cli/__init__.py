@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cnnlab import __version__
 from cnnlab.cli import dissect, explain, interop, scratch, training, weights
 from cnnlab.cli.args import CommandParser
 from cnnlab.errors import CnnlabError
+from cnnlab.version import __version__
 
 
 def main(argv: list[str] | None = None) -> int:

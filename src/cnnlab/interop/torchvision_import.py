@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from cnnlab import __version__
 from cnnlab.errors import CnnlabError
 from cnnlab.interop.torchvision_names import family_for
 from cnnlab.interop.torchvision_weights import (
@@ -23,6 +22,7 @@ from cnnlab.interop.torchvision_weights import (
     convert_torchvision_state_dict,
 )
 from cnnlab.runs.weights import read_weights, save_weights
+from cnnlab.version import __version__
 
 
 def read_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

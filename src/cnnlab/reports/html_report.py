@@ -22,7 +22,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from cnnlab import __version__
 from cnnlab.errors import CnnlabError
 from cnnlab.fileio import atomic_write_bytes
 from cnnlab.reports.compare import (
@@ -34,6 +33,7 @@ from cnnlab.reports.compare import (
     leaderboard_header,
 )
 from cnnlab.reports.plots import plot_confusion
+from cnnlab.version import __version__
 
 _DPI = 100
 _MARKERS_MAX_EPOCHS = 30  # beyond this, markers only blur the lines

@@ -157,8 +157,6 @@ def load_checkpoint(
     return Checkpoint(state=document["state"], generators=generators)
 
 
-
-
 def _split_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """Per-parameter tensors for the file's tensors, everything else for the JSON document."""
     saved = optimizer.state_dict()
@@ -194,8 +192,6 @@ def _generator_tensors(generators: dict[str, torch.Tensor], path: Path) -> dict:
             )
         tensors[RNG_PREFIX + name] = standalone(value)
     return tensors
-
-
 
 
 _CUDA_GENERATOR_STATE_BYTES = 16  # a CUDA (Philox) generator's state: its seed and offset

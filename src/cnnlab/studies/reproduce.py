@@ -5,7 +5,7 @@ The recipes are TOML training configs in the repository's recipes/d2l folder, on
 with d2l's hyperparameters for Fashion-MNIST (plain SGD, 10 epochs, the book's batch size,
 learning rate and input size). `reproduce_d2l` runs them one after another, each into its own
 run folder, and returns one row per network: published accuracy, ours, epochs, seconds and
-the run folder. `report_d2l` puts those runs in the HTML comparison (html_report.py), the
+the run folder. `report_d2l` puts those runs in the HTML comparison (reports/html_report.py), the
 book's figure beside each network's.
 """
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cnnlab import __version__
 from cnnlab.reports.plots import plot_confusion, plot_curves
 from cnnlab.runs.weights import save_weights
+from cnnlab.version import __version__
 
 
 def weights_metadata(trainer) -> dict:
