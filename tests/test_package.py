@@ -46,9 +46,9 @@ def test_console_script_installed():
     shutil.which("ruff") is None, reason="ruff is not installed (pip install -e .[dev])"
 )
 def test_ruff_lint_and_format_are_clean():
-    lint = run("ruff", "check", ".")
+    lint = run("ruff", "check", "--no-cache", ".")  # a stale cache once hid errors
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    fmt = run("ruff", "format", "--check", ".")
+    fmt = run("ruff", "format", "--no-cache", "--check", ".")
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 

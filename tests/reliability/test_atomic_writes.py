@@ -28,7 +28,6 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from training_processes import run_cnnlab
 
 import cnnlab.fileio as fileio
 from cnnlab.errors import CnnlabError
@@ -37,6 +36,7 @@ from cnnlab.models import create_model
 from cnnlab.runs.checkpoint import load_checkpoint
 from cnnlab.runs.folder import RunFolder
 from cnnlab.train.trainer import Trainer
+from training_processes import run_cnnlab
 
 KILLS = 24
 

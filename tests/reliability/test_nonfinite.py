@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_processes import run_cnnlab
 
 from cnnlab.errors import CnnlabError, NonFiniteError
 from cnnlab.train import TrainConfig, Trainer
 from cnnlab.train.failures import SKIP_LIMIT, NonFiniteStep
+from training_processes import run_cnnlab
 
 STEPS_PER_EPOCH = 8  # 120 fake training images in batches of 16
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_processes import run_cnnlab
 
 from cnnlab.models import create_model
 from cnnlab.runs.checkpoint import load_checkpoint
@@ -26,6 +25,7 @@ from cnnlab.runs.config import TrainConfig
 from cnnlab.runs.folder import RunFolder
 from cnnlab.runs.weights import read_weights, save_weights
 from cnnlab.train.trainer import Trainer
+from training_processes import run_cnnlab
 
 TIMING_KEYS = ("seconds", "images_per_s")
 FINAL_FILES = ("model.safetensors", "evaluation.json", "summary.txt", "curves.png")

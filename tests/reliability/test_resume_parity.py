@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+
+from cnnlab.cli import main
+from cnnlab.train import Trainer
 from training_processes import (
     TrainProcess,
     assert_resumes_like,
@@ -30,9 +33,6 @@ from training_processes import (
     tensor_hashes,
     train,
 )
-
-from cnnlab.cli import main
-from cnnlab.train import Trainer
 
 FILES = ("model.safetensors", "checkpoints/last.safetensors", "checkpoints/best.safetensors")
 

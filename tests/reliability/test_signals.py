@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+
+from cnnlab.cli import main
+from cnnlab.train import Interrupted, TrainConfig, Trainer
 from training_processes import (
     SIGNALLED_WHILE_SAVING_TRAIN,
     STEPS,
@@ -28,9 +31,6 @@ from training_processes import (
     straight_run,
     tensor_hashes,
 )
-
-from cnnlab.cli import main
-from cnnlab.train import Interrupted, TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.runs.weights import load_model
+from cnnlab.train.stopping import Interrupted
+from cnnlab.train.trainer import Trainer
 from trainer_helpers import (
     after_setup,
     assert_same_tensors,
@@ -25,11 +30,6 @@ from trainer_helpers import (
     weights,
     without_timing,
 )
-
-from cnnlab.errors import CnnlabError
-from cnnlab.runs.weights import load_model
-from cnnlab.train.stopping import Interrupted
-from cnnlab.train.trainer import Trainer
 
 # ---- resume equals uninterrupted ----------------------------------------------------------------
 
