@@ -67,6 +67,7 @@ def test_ctrl_c_mid_epoch_and_again_while_saving(parity, tmp_path):
     epoch, step = position(run)
     assert epoch == 0 and 0 < step < STEPS
     assert last_line.startswith(f"cnnlab train: SIGINT: stopped at epoch 1, step {step};")
+    assert f"--resume {run}" in last_line
     assert_resumes_like(run, straight)
 
 
@@ -82,7 +83,9 @@ def test_sigterm_mid_epoch_then_ctrl_c(parity, tmp_path):
     assert process.finish() == 143, process.stderr
     epoch, step = position(run)
     assert epoch == 1 and 0 < step < STEPS
-    assert f"SIGTERM: stopped at epoch 2, step {step};" in process.stderr
+    last_line = process.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"cnnlab train: SIGTERM: stopped at epoch 2, step {step};")
+    assert f"--resume {run}" in last_line
     assert_resumes_like(run, straight)
 
 

@@ -1,22 +1,16 @@
-"""Stopping and continuing: exact resume (also mid-epoch), signals to a real process,
-non-finite losses, early stopping."""
+"""Stopping and continuing: exact resume (also mid-epoch), non-finite losses, early stopping.
+Signals to real processes are tests/reliability/test_signals.py's."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.runs.weights import load_model
 from cnnlab.train.stopping import Interrupted
 from cnnlab.train.trainer import Trainer
 from trainer_helpers import (
@@ -95,44 +89,6 @@ def test_resume_equals_uninterrupted(stop, uninterrupted, shared_data, tmp_path)
     assert without_timing(read_metrics(run)) == without_timing(read_metrics(straight))
     evaluation = json.loads((run / "evaluation.json").read_text())
     assert evaluation == json.loads((straight / "evaluation.json").read_text())
-
-
-# ---- signals to a real process ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_checkpoints_and_resume_completes(signum, shared_data, tmp_path):
-    run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "cnnlab", "train"]
-    # the signal comes as epoch 1 ends; four more epochs leave it seconds to arrive in time
-    flags = ["--model", "lenet", "--epochs", "5", "--batch-size", "2", "--lr", "0.05"]
-    flags += ["--data-dir", str(shared_data), "--out", str(run), "--device", "cpu", "--quiet"]
-    process = subprocess.Popen(
-        command + flags, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not (run / "metrics.jsonl").exists() and process.poll() is None:
-            assert time.monotonic() < deadline, "no epoch finished within 60 s"
-            time.sleep(0.02)
-        process.send_signal(signum)
-        _out, err = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 128 + signum, err
-    assert "stopping after this step" in err and f"--resume {run}" in err
-    assert err.strip().splitlines()[-1].startswith(f"cnnlab train: {signum.name}: stopped")
-    assert not (run / "model.safetensors").exists()
-    checkpoint_weights(run / "checkpoints" / "last.safetensors")
-
-    resumed = subprocess.run(
-        [*command, "--resume", str(run)], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.splitlines()[-1].endswith(f"run folder: {run}")
-    assert [r["epoch"] for r in read_metrics(run)] == list(range(1, 6))
-    load_model(run / "model.safetensors")
 
 
 # ---- stopping -----------------------------------------------------------------------------------
