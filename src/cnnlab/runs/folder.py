@@ -27,6 +27,7 @@ from pathlib import Path
 from cnnlab.errors import CnnlabError
 from cnnlab.fileio import atomic_write_bytes, remove_stale_temps
 from cnnlab.runs.config import TrainConfig
+from cnnlab.runs.weights import FINAL_WEIGHTS
 
 
 class RunFolder:
@@ -92,7 +93,7 @@ class RunFolder:
 
     @property
     def weights(self) -> Path:
-        return self.path / "model.safetensors"
+        return self.path / FINAL_WEIGHTS
 
     def write_config(self, config: TrainConfig) -> None:
         atomic_write_bytes(self.config_file, config.to_toml().encode())
