@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import pty
+import re
 import signal
 import subprocess
 import sys
@@ -264,6 +265,16 @@ class TrainProcess:
     @property
     def stderr(self) -> str:
         return self.err.decode(errors="replace")
+
+    @property
+    def last_line(self) -> str:
+        """stderr's last line as the terminal shows it: the bar's redraws and its
+        clear-line escape (written just before the final message) dropped."""
+        shown = TERMINAL_ESCAPE.sub("", self.stderr)
+        return shown.strip().splitlines()[-1]
+
+
+TERMINAL_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def train(args: list[str], timeout: float = 120) -> TrainProcess:

@@ -63,7 +63,7 @@ def test_ctrl_c_mid_epoch_and_again_while_saving(parity, tmp_path):
     assert process.finish() == 130, process.stderr
     assert process.stderr.count("stopping after this step") == 1
     assert process.stderr.count("already stopping") == 2
-    last_line = process.stderr.strip().splitlines()[-1]
+    last_line = process.last_line
     epoch, step = position(run)
     assert epoch == 0 and 0 < step < STEPS
     assert last_line.startswith(f"cnnlab train: SIGINT: stopped at epoch 1, step {step};")
@@ -83,7 +83,7 @@ def test_sigterm_mid_epoch_then_ctrl_c(parity, tmp_path):
     assert process.finish() == 143, process.stderr
     epoch, step = position(run)
     assert epoch == 1 and 0 < step < STEPS
-    last_line = process.stderr.strip().splitlines()[-1]
+    last_line = process.last_line
     assert last_line.startswith(f"cnnlab train: SIGTERM: stopped at epoch 2, step {step};")
     assert f"--resume {run}" in last_line
     assert_resumes_like(run, straight)
