@@ -2,9 +2,12 @@
 machine, one thread for the folders that train in-process, and a tiny fake Fashion-MNIST
 written as IDX gzip files."""
 
+import atexit
 import gzip
 import os
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 # Under pytest-xdist (the README's test command) every worker is a process of its own: one math
@@ -15,6 +18,12 @@ from pathlib import Path
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if WORKER:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+# Decoded image folders and step-time decisions are cached per user (cnnlab.data.decode_cache):
+# the tests get a cache of their own, emptied when they end, never the user's ~/.cache/cnnlab.
+TEST_CACHE = tempfile.mkdtemp(prefix="cnnlab-test-cache-")
+os.environ["CNNLAB_CACHE"] = TEST_CACHE
+atexit.register(shutil.rmtree, TEST_CACHE, ignore_errors=True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

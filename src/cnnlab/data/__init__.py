@@ -48,7 +48,7 @@ def load_dataset(
     path = _image_folder(name_or_path)
     if split is None and (path / "train").is_dir():
         split = "train"
-    return load_image_folder(path, split)
+    return load_image_folder(path, split, progress=progress)
 
 
 def dataset_splits(name_or_path: str | os.PathLike) -> list[str]:

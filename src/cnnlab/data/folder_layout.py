@@ -34,6 +34,7 @@ class FolderListing:
     files: list[Path]
     labels: list[int]
     ignored: list[Path]
+    stats: list[tuple[int, int]]  # each file's (size in bytes, modification time in ns)
 
 
 def split_folders(path: Path) -> list[str]:
@@ -93,31 +94,37 @@ def _list_tree(root: Path, name: str) -> FolderListing:
             f"{root}: expected one subfolder per class holding .png/.jpg/.jpeg images, "
             "found no class folders"
         )
-    listing = FolderListing(root, name, classes, [], [], [])
+    listing = FolderListing(root, name, classes, [], [], [], [])
     with os.scandir(root) as entries:  # loose files beside the class folders
         listing.ignored += sorted(
             Path(e.path) for e in entries if not (e.name.startswith(".") or e.is_dir())
         )
     for label, class_name in enumerate(classes):
-        images, ignored = _list_class(root / class_name)
+        images, stats, ignored = _list_class(root / class_name)
         if not images:
             raise DataError(
                 f"{root / class_name}: empty class folder; expected .png/.jpg/.jpeg images, "
                 f"found {len(ignored)} other entries"
             )
         listing.files += images
+        listing.stats += stats
         listing.labels += [label] * len(images)
         listing.ignored += ignored
     return listing
 
 
-def _list_class(folder: Path) -> tuple[list[Path], list[Path]]:
-    """The image files of one class folder and the other entries, both sorted by name."""
-    images, ignored = [], []
+def _list_class(folder: Path) -> tuple[list[Path], list[tuple[int, int]], list[Path]]:
+    """The image files of one class folder with their sizes and modification times, and the
+    other entries, both sorted by name."""
+    images, stats, ignored = [], [], []
     with os.scandir(folder) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
             if entry.name.startswith("."):
                 continue
-            is_image = entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
-            (images if is_image else ignored).append(Path(entry.path))
-    return images, ignored
+            if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                images.append(Path(entry.path))
+                stat = entry.stat()
+                stats.append((stat.st_size, stat.st_mtime_ns))
+            else:
+                ignored.append(Path(entry.path))
+    return images, stats, ignored

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from cnnlab.data.augment import BatchPipeline
-from cnnlab.data.folder import BadImage, decode_image
+from cnnlab.data.image_file import BadImage, decode_image
 from cnnlab.errors import CheckpointError, DataFormatError
 from cnnlab.runs.weights import load_model, weights_path
 
