@@ -41,7 +41,7 @@ def train(config: TrainConfig, on_setup=None) -> tuple[Trainer, list[str]]:
     if on_setup is not None:
         after_setup(trainer, on_setup)
     trainer.fit()
-    return trainer, [line for line in lines if not line.startswith("fastest step:")]
+    return trainer, [line for line in lines if not line.startswith(("fastest step:", "step: "))]
 
 
 def after_setup(trainer: Trainer, action) -> None:

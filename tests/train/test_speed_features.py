@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.runs.config import load_toml
 from cnnlab.runs.weights import read_weights
 from cnnlab.train import Interrupted, TrainConfig, Trainer
 from cnnlab.train.evaluate import evaluate
@@ -91,22 +90,6 @@ def test_weight_average_resumes_exactly(fake_data, tmp_path, monkeypatch):
     resumed, _ = read_weights(tmp_path / "resumed" / "model.safetensors")
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-
-
-def test_fast_path_is_measured_and_recorded(fake_data, tmp_path):
-    lines = []
-    trainer = Trainer(config(fake_data, tmp_path / "run", precision="auto", epochs=1),
-                      echo=lines.append)  # fmt: skip
-    trainer.fit()
-    assert lines[0].startswith("fastest step: ") and "fp32/contiguous" in lines[0]
-    assert "bf16/channels_last" in lines[0]
-    saved = load_toml(tmp_path / "run" / "config.toml")
-    assert saved["precision"] in ("fp32", "bf16")
-    assert saved["memory_format"] in ("contiguous", "channels_last")
-    assert (saved["precision"], saved["memory_format"]) == (
-        trainer.config.precision,
-        trainer.config.memory_format,
-    )
 
 
 def test_deterministic_runs_never_measure(fake_data, tmp_path):

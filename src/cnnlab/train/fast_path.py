@@ -5,8 +5,10 @@ the model, the input size and the hardware: on this project's 2-core AVX-512-BF1
 ResNet-18 step at 96x96 ran 2.1x faster in channels-last bf16 than in contiguous fp32, while
 LeNet-BN at 28x28 was fastest contiguous fp32. So nothing is assumed: the candidates take
 turns running steps on throwaway copies of the model with a real batch, and the fastest wins.
-The choice is written into the run's config.toml, so a rerun or a resume uses it without
-measuring again.
+The choice is written into the run's config.toml, so a resume uses it without measuring
+again, and into the user's cache (`cnnlab.train.step_choice`), so that a new run of the same
+model, input and batch on the same machine does not measure either. Measuring costs at most 5%
+of the planned training time; a run too short for that is not measured.
 Deterministic runs never measure: timing noise must not pick their arithmetic.
 """
 
@@ -22,6 +24,9 @@ import torch
 from torch import nn
 
 from cnnlab.train.evaluate import autocast
+from cnnlab.train.step_choice import StepChoice
+
+SHARE = 0.05  # of the planned training time, at most, spent measuring
 
 
 def candidates(device: torch.device, precision: str, memory_format: str, deterministic: bool):
@@ -64,43 +69,79 @@ class Trial:
 
 
 def choose(
-    model: nn.Module, images, labels, criterion, device, options, warmup: int = 2, rounds: int = 4
+    model: nn.Module,
+    images,
+    labels,
+    criterion,
+    device,
+    options,
+    planned_steps: int,
+    share: float = SHARE,
+    rounds: int = 4,
 ) -> tuple[str, str, dict]:
     """The fastest (precision, memory format) among `options`, and the median step time of
-    each. Candidates take turns step by step, so a burst of load elsewhere on the machine hits
-    them all rather than deciding the race."""
-    if len(options) == 1:
-        return (*options[0], {})
+    each, measured in at most `share` of the planned training time (`planned_steps` steps at
+    the fastest measured time). Candidates take turns step by step, so a burst of load
+    elsewhere on the machine hits them all rather than deciding the race; one warm-up step
+    each (its one-time costs, such as building kernels, are not a step's), then up to
+    `rounds` timed steps while the next fits the budget, dropping a candidate 1.5x slower than
+    the best after the first. With no room for a timed round, the warm-up times decide."""
     trials = {
         f"{precision}/{memory_format}": Trial(
             model, images, labels, criterion, device, precision, memory_format
         )
         for precision, memory_format in options
     }
+    start = time.perf_counter()
+    warm = {name: trial.step_seconds() for name, trial in trials.items()}
     times: dict[str, list[float]] = {name: [] for name in trials}
-    for round_number in range(warmup + rounds):
-        for name, trial in trials.items():
-            seconds = trial.step_seconds()
-            if round_number >= warmup:
-                times[name].append(seconds)
-    timings = {name: statistics.median(values) for name, values in times.items()}
-    best = min(timings, key=timings.get)
-    precision, memory_format = best.split("/")
+    timings = warm  # what decides if there is no room for a timed round
+    for round_number in range(rounds):
+        best = min(timings[name] for name in trials)
+        spent = time.perf_counter() - start
+        next_round = sum(timings[name] for name in trials)
+        if len(trials) == 1 or spent + next_round > share * planned_steps * best:
+            break
+        for name in trials:
+            times[name].append(trials[name].step_seconds())
+        timings = {name: statistics.median(times[name] or [warm[name]]) for name in warm}
+        if round_number == 0:
+            best = min(timings.values())
+            trials = {name: trial for name, trial in trials.items() if timings[name] < 1.5 * best}
+    fastest = min(trials, key=timings.get)
+    precision, memory_format = fastest.split("/")
     return precision, memory_format, timings
 
 
-def settle(config, model, loader, criterion, device, echo):
+def worth_measuring(options: list, planned_steps: int, share: float = SHARE) -> bool:
+    """Whether the planned steps leave room to measure at all: two steps per candidate (a
+    warm-up and a timed one) must fit in `share` of them."""
+    return 2 * len(options) <= share * planned_steps
+
+
+def settle(config, model, loader, criterion, device, echo, planned_steps: int):
     """`config` with `precision` and `memory_format` settled: "auto" becomes the fastest
-    measured choice, timed on the loader's first batch without moving torch's RNG."""
+    choice, timed on the loader's first batch without moving torch's RNG, or read from the
+    machine's cache of earlier choices for the same model, input and batch. A run too short to
+    pay for measuring takes the first candidate (fp32, contiguous) unmeasured."""
     options = candidates(device, config.precision, config.memory_format, config.deterministic)
     if len(options) == 1:
         precision, memory_format = options[0]
     else:
         images, labels = next(iter(loader.epoch_batches(0)))
-        with torch.random.fork_rng(devices=[]):
-            precision, memory_format, timings = choose(
-                model, images, labels, criterion, device, options
-            )
-        measured = ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in timings.items())
-        echo(f"fastest step: {precision}/{memory_format} (per step: {measured})")
+        record = StepChoice.for_run(config, model, images, device, options)
+        if cached := record.read():
+            precision, memory_format = cached
+            echo(f"fastest step: {precision}/{memory_format} (measured before on this machine)")
+        elif not worth_measuring(options, planned_steps):
+            precision, memory_format = options[0]
+            echo(f"step: {precision}/{memory_format} (not measured: the run is too short)")
+        else:
+            with torch.random.fork_rng(devices=[]):
+                precision, memory_format, timings = choose(
+                    model, images, labels, criterion, device, options, planned_steps
+                )
+            record.write(precision, memory_format, timings)
+            measured = ", ".join(f"{name} {sec * 1e3:.1f} ms" for name, sec in timings.items())
+            echo(f"fastest step: {precision}/{memory_format} (per step: {measured})")
     return dataclasses.replace(config, precision=precision, memory_format=memory_format)

@@ -160,7 +160,13 @@ class Trainer(Checkpointing, EpochEnd):
         with self.memory_hint("timing training steps", config.batch_size):
             config = self.config = self.ranks.from_main(  # every rank takes rank 0's choice
                 lambda: settle(
-                    config, self.model, self.train_loader, self.criterion, self.device, self.echo
+                    config,
+                    self.model,
+                    self.train_loader,
+                    self.criterion,
+                    self.device,
+                    self.echo,
+                    planned_steps=config.epochs * len(self.train_loader),
                 )
             )
         self.mark("step_chosen")
