@@ -27,12 +27,13 @@ def test_fast_is_the_92_recipe_and_gray_data_keeps_28_pixels():
     assert settings["precision"] == "auto" and settings["memory_format"] == "auto"
 
 
-def test_rgb_variant_is_wider_with_cifar_augmentation():
-    gray, rgb = recipe_settings("fast-90"), recipe_settings("fast-90", "cifar10")
-    assert rgb["resize"] == 32 and rgb["augment"] == "crop-reflect,flip" and rgb["tta"] == "flip"
-    wider = zip(rgb["model_options"]["widths"], gray["model_options"]["widths"], strict=True)
-    assert all(r == 2 * g for r, g in wider)
-    assert "resize" not in gray and "augment" not in gray
+def test_away_from_28x28_gray_a_recipe_leaves_the_data_dependent_settings_to_the_data():
+    gray, other = recipe_settings("fast-90"), recipe_settings("fast-90", "cifar10")
+    assert other["model_options"] == {} and other["tta"] == "flip" and other["epochs"] == 2
+    assert not {"resize", "batch_size", "lr", "augment"} & set(other)
+    assert gray["batch_size"] == 256 and gray["lr"] == 0.2 and "resize" not in gray
+    config = config_from({"recipe": "fast-90", "dataset": "cifar10"}).resolved()
+    assert (config.resize, config.batch_size, config.lr, config.augment) == (None,) * 4
 
 
 def test_recipes_get_longer_and_larger_toward_higher_targets():
@@ -108,3 +109,8 @@ def test_rgb_variant_trains_on_cifar10(tmp_path):
     history = trainer.fit()
     assert len(history) == 1 and trainer.model.in_channels == 3
     assert trainer.config.resize == 32 and trainer.config.augment == "crop-reflect,flip"
+    # the recipe's family at 32x32 colour: three pooling stages of twice the 28x28 widths
+    assert trainer.config.model_options == {"widths": [32, 64, 128], "stem_width": 0, "depth": 1}
+    saved = load_toml(tmp_path / "run" / "config.toml")
+    assert saved["model_options"]["widths"] == [32, 64, 128] and saved["resize"] == 32
+    assert saved["data_choices"]["resize"].startswith("32: the images' own size")

@@ -85,8 +85,8 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
     tta: str = "none"  # test-time augmentation of every evaluation: "flip" averages mirrored
     resize: int | None = None
-    augment: str = "none"
-    class_weights: bool = False
+    augment: str | None = None  # None: "none" on Fashion-MNIST-like sets, else from the data
+    class_weights: bool | None = None  # None: off on Fashion-MNIST-like sets, else from the data
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
@@ -100,16 +100,25 @@ class TrainConfig:
     init_from: str | None = None
     freeze: str | None = None  # "features": train only the head
     recipe: str | None = None  # the named recipe the settings started from (runs/recipes.py)
+    data_choices: dict = field(default_factory=dict)  # setting -> why the data chose it
 
     def resolved(self) -> TrainConfig:
-        """A copy with every model-dependent default filled in, validated."""
-        size, batch, lr = family_defaults(self.model)
-        config = dataclasses.replace(
-            self,
-            resize=self.resize if self.resize is not None else size,
-            batch_size=self.batch_size if self.batch_size is not None else batch,
-            lr=self.lr if self.lr is not None else lr,
-        )
+        """A copy with every model-dependent default filled in, validated. On datasets without
+        tuned defaults (see `runs.data_fit`), the settings chosen from the data stay None
+        until the trainer has loaded it."""
+        from cnnlab.runs.data_fit import has_tuned_defaults
+
+        config = self
+        if has_tuned_defaults(self.dataset):
+            size, batch, lr = family_defaults(self.model)
+            config = dataclasses.replace(
+                self,
+                resize=self.resize if self.resize is not None else size,
+                batch_size=self.batch_size if self.batch_size is not None else batch,
+                lr=self.lr if self.lr is not None else lr,
+                augment=self.augment if self.augment is not None else "none",
+                class_weights=bool(self.class_weights),
+            )
         config.validate()
         return config
 
@@ -168,16 +177,16 @@ class TrainConfig:
             raise CnnlabError("--freeze features needs trained weights: give --init-from RUN too")
 
     def to_toml(self) -> str:
-        lines, table = [], []
+        lines, tables = [], []
         for item in fields(self):
             value = getattr(self, item.name)
-            if item.name == "model_options":
-                table = [f"{key} = {_toml_value(v)}" for key, v in sorted(value.items())]
+            if isinstance(value, dict):
+                if value:
+                    rows = [f"{key} = {_toml_value(v)}" for key, v in sorted(value.items())]
+                    tables += ["", f"[{item.name}]", *rows]
             elif value is not None:
                 lines.append(f"{item.name} = {_toml_value(value)}")
-        if table:
-            lines += ["", "[model_options]", *table]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + tables) + "\n"
 
 
 def check_inputs(config: TrainConfig, new_run: bool = True) -> None:
@@ -196,12 +205,13 @@ def check_inputs(config: TrainConfig, new_run: bool = True) -> None:
         )
     model = _meta_model(config.model, config.model_options)
     smallest = max(model.default_cfg.min_input_size)
-    if config.resize < smallest:
+    if config.resize is not None and config.resize < smallest:
         raise CnnlabError(
             f"--resize {config.resize} is below {config.model}'s minimum input size: it needs "
             f"at least {smallest}x{smallest} pixels"
         )
-    parse_augmentations(config.augment)
+    if config.augment is not None:
+        parse_augmentations(config.augment)
     if config.init_from:
         from cnnlab.runs.weights import weights_path
 
@@ -221,6 +231,11 @@ def check_inputs(config: TrainConfig, new_run: bool = True) -> None:
             )
     if config.device == "cuda" and not torch.cuda.is_available():
         raise CnnlabError("--device cuda was asked for, but PyTorch sees no CUDA device here")
+
+
+def min_input_side(model: str, options: dict) -> int:
+    """The smallest square input side `model` with `options` takes."""
+    return max(_meta_model(model, options).default_cfg.min_input_size)
 
 
 def _meta_model(name: str, options: dict):

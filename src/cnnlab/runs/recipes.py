@@ -16,18 +16,20 @@ fast-92's 0.926; 4 epochs with flips and TTA 0.936, 6 epochs 0.939 (crop and fli
 under-fitted); 12 epochs with crop and flip 0.941. Without flip augmentation in training,
 flip TTA lowered the 2-epoch accuracy (0.889 against 0.906).
 
-On an RGB dataset (CIFAR-10/100, or an image folder) each recipe takes its RGB variant: 32x32
-inputs, twice the channels and reflect-padded crops with flips, the augmentation of the
-CIFAR-10 speed runs (Page, "How to Train Your ResNet", 2018; Jordan, airbench, 2024). Those
-variants follow the same recipe logic but could not be measured here: no CIFAR data is at hand.
+On any other dataset (CIFAR-10/100, an image folder) a recipe names a family rather than one
+network (runs/data_fit.py): twice the channels, one more pooling stage per doubling of the
+resolution past 32, the images' own resolution within what the machine trains in time, the
+batch size and learning rate scaled to the number of images, reflect-padded crops (and flips
+for colour images), the augmentation of the CIFAR-10 speed runs (Page, "How to Train Your
+ResNet", 2018; Jordan, airbench, 2024).
 
 A recipe supplies defaults only: a `--config` file and command-line flags override it.
 """
 
 from __future__ import annotations
 
-from cnnlab.data import DATASETS
 from cnnlab.errors import CnnlabError
+from cnnlab.runs.data_fit import has_tuned_defaults
 
 _COMMON = {
     "model": "fastnet",
@@ -43,37 +45,30 @@ _COMMON = {
     "precise_bn": 0,  # the one-cycle schedule ends at a tiny rate: the moving averages are exact
 }
 
-# Settings per recipe on 28x28 grayscale data, and what changes on RGB data.
-RECIPES: dict[str, tuple[dict, dict]] = {
-    "fast-90": (
-        {"model_options": {"widths": [16, 32, 64], "stem_width": 0, "depth": 1}, "epochs": 2},
-        {"model_options": {"widths": [32, 64, 128], "stem_width": 0, "depth": 1}},
-    ),
-    "fast-92": (
-        {"model_options": {"widths": [32, 64, 128], "stem_width": 24, "depth": 2}, "epochs": 2},
-        {"model_options": {"widths": [64, 128, 256], "stem_width": 32, "depth": 2}},
-    ),
-    "fast-93": (
-        {
-            "model_options": {"widths": [32, 64, 128], "stem_width": 24, "depth": 2},
-            "epochs": 4,
-            "augment": "flip",
-            "tta": "flip",
-        },
-        {"model_options": {"widths": [64, 128, 256], "stem_width": 32, "depth": 2}},
-    ),
-    "fast-94": (
-        {
-            "model_options": {"widths": [32, 64, 128], "stem_width": 24, "depth": 2},
-            "epochs": 20,
-            "augment": "crop,flip",
-            "tta": "flip",
-        },
-        {"model_options": {"widths": [64, 128, 256], "stem_width": 32, "depth": 2}},
-    ),
+# Settings per recipe on 28x28 grayscale data (elsewhere: runs/data_fit.py).
+RECIPES: dict[str, dict] = {
+    "fast-90": {
+        "model_options": {"widths": [16, 32, 64], "stem_width": 0, "depth": 1},
+        "epochs": 2,
+    },
+    "fast-92": {
+        "model_options": {"widths": [32, 64, 128], "stem_width": 24, "depth": 2},
+        "epochs": 2,
+    },
+    "fast-93": {
+        "model_options": {"widths": [32, 64, 128], "stem_width": 24, "depth": 2},
+        "epochs": 4,
+        "augment": "flip",
+        "tta": "flip",
+    },
+    "fast-94": {
+        "model_options": {"widths": [32, 64, 128], "stem_width": 24, "depth": 2},
+        "epochs": 20,
+        "augment": "crop,flip",
+        "tta": "flip",
+    },
 }
 ALIASES = {"fast": "fast-92"}
-RGB_AUGMENT = "crop-reflect,flip"
 
 
 def recipe_names() -> list[str]:
@@ -81,19 +76,17 @@ def recipe_names() -> list[str]:
 
 
 def recipe_settings(name: str, dataset: str = "fashion-mnist") -> dict:
-    """The TrainConfig settings of recipe `name` for `dataset` (its RGB variant unless the
-    dataset is a known grayscale one), with `recipe` recording the name."""
+    """The TrainConfig settings of recipe `name` for `dataset`, with `recipe` recording the
+    name. On a 28x28 grayscale set, the tuned settings; elsewhere the network, resolution,
+    batch size, learning rate and augmentation are left to be chosen from the data
+    (`runs.data_fit`: the recipe's family of networks, sized for the images)."""
     key = ALIASES.get(name, name)
     if key not in RECIPES:
         raise CnnlabError(f"no recipe {name!r}; recipes: {', '.join(recipe_names())}")
-    gray, rgb = RECIPES[key]
-    settings = {**_COMMON, **gray, "recipe": key}
-    if not _is_grayscale(dataset):
-        settings.update(rgb, resize=32, augment=RGB_AUGMENT, tta="flip")
+    settings = {**_COMMON, **RECIPES[key], "recipe": key}
+    if not has_tuned_defaults(dataset):
+        for chosen in ("batch_size", "lr", "augment"):
+            settings.pop(chosen, None)
+        settings.update(model_options={}, tta="flip")
     settings["model_options"] = dict(settings["model_options"])
     return settings
-
-
-def _is_grayscale(dataset: str) -> bool:
-    spec = DATASETS.get(dataset)
-    return spec is not None and spec.format == "idx"

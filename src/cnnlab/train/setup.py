@@ -12,7 +12,8 @@ from cnnlab.data.augment import BatchPipeline, parse_augmentations
 from cnnlab.data.splits import stratified_split
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
-from cnnlab.runs.config import TrainConfig
+from cnnlab.runs.config import TrainConfig, family_defaults, min_input_side
+from cnnlab.runs.data_fit import DATA_FIELDS, RECIPE_DEFAULTS, fit_to_data
 from cnnlab.runs.weights import load_model, weights_path
 
 
@@ -31,7 +32,8 @@ class RunData:
 
 def load_run_data(config: TrainConfig, progress: bool = True) -> RunData:
     """The training set (less a stratified validation split), and the test set if there is one;
-    normalisation statistics come from the training images only."""
+    normalisation statistics come from the training images only (an image folder without
+    split folders: see `load_dataset`)."""
     train = load_dataset(config.dataset, "train", root=config.data_dir, progress=progress)
     test = _test_split(config, progress)
     val = None
@@ -53,10 +55,24 @@ def _test_split(config: TrainConfig, progress: bool) -> ImageSet | None:
         return load_dataset(config.dataset, "test", root=config.data_dir, progress=progress)
     for split in ("test", "val"):  # an image folder: its test/ (else val/) subfolder, if any
         try:
-            return load_dataset(config.dataset, split, root=config.data_dir)
+            return load_dataset(config.dataset, split, root=config.data_dir, progress=progress)
         except CnnlabError:
             continue
     return None
+
+
+def fit_to_run_data(config: TrainConfig, data: RunData, device: torch.device, echo):
+    """`config` with the settings left to the data chosen from its training split (see
+    `runs.data_fit`), each choice echoed with its reason; unchanged when none is left."""
+    if all(getattr(config, name) is not None for name in DATA_FIELDS):
+        return config
+    defaults = RECIPE_DEFAULTS if config.recipe else family_defaults(config.model)
+    min_side = min_input_side(config.model, config.model_options)
+    config = fit_to_data(config, data.train, device, defaults, min_side)
+    config.validate()
+    for name, reason in config.data_choices.items():
+        echo(f"from the data: {name} {reason}")
+    return config
 
 
 def pipelines(config: TrainConfig, data: RunData) -> tuple[BatchPipeline, BatchPipeline]:

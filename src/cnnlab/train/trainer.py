@@ -54,7 +54,14 @@ from cnnlab.train.fast_path import settle
 from cnnlab.train.metrics import RunningMetrics
 from cnnlab.train.optim import build_optimizer, build_schedule, l1_penalty
 from cnnlab.train.progress import EpochBar
-from cnnlab.train.setup import RunData, build_model, load_run_data, pipelines, resolve_device
+from cnnlab.train.setup import (
+    RunData,
+    build_model,
+    fit_to_run_data,
+    load_run_data,
+    pipelines,
+    resolve_device,
+)
 from cnnlab.train.stopping import catch_stop_signals
 
 
@@ -138,6 +145,7 @@ class Trainer(Checkpointing, EpochEnd):
             progress = not config.quiet and self.ranks.is_main
             self.data = self.ranks.main_first(lambda: load_run_data(config, progress=progress))
         self.mark("data_loaded")
+        config = self.config = fit_to_run_data(config, self.data, self.device, self.echo)
         in_channels = self.data.train.image_size[0]
         self.num_classes = len(self.data.classes)
         model = self.given_model or build_model(config, self.num_classes, in_channels)
