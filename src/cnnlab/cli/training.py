@@ -90,6 +90,13 @@ def add_train_parser(commands) -> None:
     )
     train.add_argument("--config", metavar="FILE.toml", help="settings file; flags override it")
     train.add_argument(
+        "--budget",
+        metavar="DURATION",
+        help="the best network this machine trains in DURATION (90s, 5m, 1h) from process "
+        "start to the final test accuracy: plans the network size (or with --model just its "
+        "resolution, batch and schedule) and the epochs, and keeps to it",
+    )
+    train.add_argument(
         "--resume",
         metavar="RUN",
         help="continue an interrupted run folder with its own settings (--quiet may be added)",
@@ -212,6 +219,9 @@ def train(args: argparse.Namespace) -> int:
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "handler")}
     allow_mismatch = given.pop("allow_mismatch", False)
+    budget = given.pop("budget", None)
+    if budget is not None and ("resume" in given or "epochs" in given):
+        raise CnnlabError("--budget plans the run's epochs itself; drop --resume and --epochs")
     if "resume" in given:
         extra = sorted(set(given) - {"resume"} - PRINT_ONLY_FLAGS)
         if extra:
@@ -233,6 +243,12 @@ def train(args: argparse.Namespace) -> int:
         values["model_options"] = {**values.get("model_options", {}), **options}
     config = config_from(values).resolved()
     check_inputs(config)
+    if budget is not None:
+        from cnnlab.studies.budget import parse_duration, train_within_budget
+
+        parse_duration(budget)  # a bad duration is refused before any data is loaded
+        train_within_budget(values, budget)
+        return 0
     fit(Trainer(config))
     return 0
 

@@ -239,13 +239,15 @@ class Trainer(Checkpointing, EpochEnd):
             # a resumed run whose epochs already ended it (stopped between that decision and
             # the final report) goes straight to the report, as the uninterrupted run did
             first = self.config.epochs if self.ended() else position["epoch"]
-            for epoch in range(first, self.config.epochs):
+            epoch = first
+            while epoch < self.config.epochs:  # read each time: a budget run re-plans it
                 record = self.train_epoch(epoch, position.get("next_batch", 0), position)
                 position = {"epoch": epoch + 1, "next_batch": 0}
                 self.end_epoch(epoch, record)
                 self.agree()  # a signal after the epoch's last step, on any rank
                 if self.stop_signal is not None or self.ended():
                     break
+                epoch += 1
             if self.stop_signal is not None:  # arrived after an epoch's last step
                 raise self.stopped(f"after epoch {len(self.history)}")
             self.stage = "writing the final evaluation and report"
