@@ -57,6 +57,7 @@ def test_a_budget_run_plans_keeps_to_time_and_records_why(folder, tmp_path):
     assert plan["chosen"] in {c["name"] for c in plan["candidates"]}
     assert all(c["step_s"] > 0 and c["epoch_s"] > 0 for c in plan["candidates"])
     assert plan["steps_trained"] == trainer.total_steps > 0 and plan["used_s"] <= 8.9
+    assert trainer.scheduler.last_epoch == trainer.total_steps  # no step past the plan
     saved = load_toml(run / "config.toml")
     assert saved["data_choices"]["budget"].startswith(plan["chosen"])
     assert saved["resize"] == 16 and saved["augment"] == "crop-reflect,flip"

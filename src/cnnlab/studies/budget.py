@@ -295,7 +295,9 @@ class BudgetTrainer(Trainer):
             return True
         if not self.history:  # asked before the first epoch too
             return False
-        done = len(self.history) * len(self.full_loader)
+        done = self.scheduler.last_epoch  # optimizer steps so far (the last epoch may be short)
+        if done >= self.total_steps:
+            return True
         # wall time per step, so each epoch's evaluation and checkpoint count too
         step = (seconds_since_start() - self.timeline["training_started"]) / done
         fit = done + math.floor((self.deadline - seconds_since_start()) / step)
