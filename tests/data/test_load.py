@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cnnlab.cli import main
@@ -222,3 +223,23 @@ def test_image_folder_through_load_dataset(tmp_path, capsys):
     assert len(load_dataset(tmp_path / "pets", "val")) == 4
     assert main(["data", "info", str(tmp_path / "pets"), "--split", "val"]) == 0
     assert "4 images of 3x8x8" in capsys.readouterr().out
+
+
+def test_a_flat_folder_has_a_fixed_stratified_train_and_test_split(tmp_path):
+    root = tmp_path / "shapes"
+    for label, name in enumerate(("circle", "square", "star")):
+        (root / name).mkdir(parents=True)
+        for i in range(10 * (label + 1)):  # 10, 20 and 30 images
+            Image.fromarray(np.full((8, 8), 7 * i + label, dtype=np.uint8)).save(
+                root / name / f"{i:02d}.png"
+            )
+    whole = load_dataset(root)
+    train, test = load_dataset(root, "train"), load_dataset(root, "test")
+    assert (train.name, test.name) == ("shapes/train", "shapes/test")
+    assert test.class_counts().tolist() == [2, 4, 6]  # 20% of each class
+    assert train.class_counts().tolist() == [8, 16, 24]
+    seen = sorted(map(bytes, [*train.images.numpy(), *test.images.numpy()]))
+    assert seen == sorted(map(bytes, whole.images.numpy()))  # disjoint, and all of them
+    again = load_dataset(root, "test")  # the same split every time, whatever else happens
+    assert torch.equal(again.images, test.images) and torch.equal(again.labels, test.labels)
+    assert dataset_splits(root) == ["all"]

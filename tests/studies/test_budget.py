@@ -119,3 +119,19 @@ def test_the_cli_refuses_budget_with_epochs_or_a_bad_duration(folder, tmp_path, 
     assert main([*base, "--budget", "soon"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--budget 'soon': expected a duration" in err
+
+
+def test_budget_is_refused_under_torchrun(folder, tmp_path, monkeypatch):
+    """Each process would time and plan a run of its own: the plans could differ."""
+    from argparse import Namespace
+
+    from cnnlab.cli.training import train
+
+    torchrun = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": "29500"}  # fmt: skip
+    for name, value in torchrun.items():
+        monkeypatch.setenv(name, value)
+    args = Namespace(dataset=str(folder), out=str(tmp_path / "run"), budget="1m")
+    with pytest.raises(CnnlabError, match=r"cnnlab train --budget does not run under torchrun"):
+        train(args)
+    assert not (tmp_path / "run").exists()

@@ -245,7 +245,9 @@ def train(args: argparse.Namespace) -> int:
     check_inputs(config)
     if budget is not None:
         from cnnlab.studies.budget import parse_duration, train_within_budget
+        from cnnlab.train.distributed import refuse_torchrun
 
+        refuse_torchrun("train --budget")  # each process would time and plan its own run
         parse_duration(budget)  # a bad duration is refused before any data is loaded
         train_within_budget(values, budget)
         return 0
