@@ -39,7 +39,7 @@ def budget_run(dataset: str, budget: str, seed: int, out: Path, extra: list[str]
     return {
         "what": f"cnnlab --budget {budget}",
         "seed": seed,
-        "acc": evaluation["accuracy"],
+        "acc": evaluation["acc"],
         "to_result_s": timeline["evaluated"],
         "wall_s": round(wall, 1),
         "chosen": plan["chosen"],

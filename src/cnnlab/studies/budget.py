@@ -1,22 +1,25 @@
 """`cnnlab train --budget 5m`: the best classic CNN this machine can train on a dataset in a
 given wall time, from process start to the final test accuracy.
 
-How it plans. The data is loaded first (from the decode cache when it can be). Then each
-candidate network is built, its settings are chosen from the data (`runs.data_fit`), and a few
-of its training steps are timed on a real batch. With `--model M` the only candidate is M
-(its resolution, batch and schedule are planned); otherwise the candidates are the fast
-recipes' FastNet family in three sizes, each with the fewest epochs it needs to be worth
-choosing over the smaller one (`SIZES`). The largest candidate whose minimum epochs fit in the
-time left, after reserving the final evaluation and report, wins, and trains for as many whole
-epochs as fit, with a one-cycle schedule that ends on the last of them.
+How it plans. The data is loaded first (from the decode cache when it can be). With `--model M`
+the only candidate is M (its resolution, batch and schedule are planned); otherwise the
+candidates are the fast recipes' FastNet family in three sizes, each with the fewest epochs it
+needs to be worth choosing over the smaller one (`SIZES`). Smallest first, each candidate is
+built, its settings are chosen from the data (`runs.data_fit`), and a few of its training
+steps are timed on a real batch, until one does not get its fewest worthwhile epochs in the
+time left (the larger ones would not either). The largest that does wins, and trains for as
+many steps as fit after reserving the final evaluation and report (the last epoch cut short),
+with a one-cycle schedule that ends on the last step.
 
-How it keeps time. After every epoch the epochs still fitting are counted again from the
-epochs' measured time: if the steps turn out slower than timed, the run shortens (its one-cycle
-schedule is re-drawn for the new length, so the learning rate still anneals); if faster while
-still warming up, it lengthens. The choices use timings and the training split only (no
-validation split is needed, since no choice looks at accuracy); the test split is evaluated
-once, at the end. The plan and its reasons go into config.toml (`data_choices`) and
-budget.json; the timeline has a `planned` stage.
+How it keeps time. After every epoch the steps still fitting are counted again from the wall
+time the steps took so far: if they turn out slower than timed, the run shortens (its one-cycle
+schedule is re-drawn for the new length, so the learning rate still anneals); if faster, it
+lengthens (freely while the learning rate still rises, later by at most a tenth).
+
+The choices use timings and the training split only (no validation split is needed, since no
+choice looks at accuracy); the test split is evaluated once, at the end. The plan and its
+reasons go into config.toml (`data_choices`) and budget.json; the timeline has a `planned`
+stage. Resuming a budget run trains its planned epochs in full, without the deadline.
 """
 
 from __future__ import annotations
@@ -103,11 +106,14 @@ def train_within_budget(values: dict, budget: str, echo=print, started_at: float
     data = load_run_data(base, progress=not base.quiet)
     loaded = seconds_since_start()
     device = resolve_device(base.device)
-    candidates = [_timed(c, data, device) for c in _candidates(base, values, data, device)]
-    left = deadline - seconds_since_start()
-    for candidate in candidates:
+    candidates = []
+    for candidate in _candidates(base, values, data, device):  # smallest first
+        candidates.append(_timed(candidate, data, device))
+        left = deadline - seconds_since_start()
         spare = left - candidate.final_seconds - FIXED_SECONDS
         candidate.steps = max(0, math.floor(spare / (candidate.step_seconds * MARGIN)))
+        if candidate.epochs < candidate.min_epochs:
+            break  # the larger ones, slower still, would not fit either: not worth timing
     chosen = _choose(candidates, budget, left)
     config = _planned_config(chosen, budget, candidates, "augment" in values)
     echo(f"budget {budget}: {config.data_choices['budget']}")
