@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cnnlab.data import DATASETS
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -93,7 +95,8 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="after --: more `cnnlab train` flags")
     args = parser.parse_args()
     root = Path(os.environ.get("CNNLAB_DATA", "."))
-    dataset = str(root / args.dataset) if (root / args.dataset).is_dir() else args.dataset
+    named = args.dataset in DATASETS or not (root / args.dataset).is_dir()
+    dataset = args.dataset if named else str(root / args.dataset)
     runs = []
     with tempfile.TemporaryDirectory() as out:
         for budget in args.budget:
