@@ -196,3 +196,29 @@ def test_real_cifar10_jpeg_test_split_decodes_once_then_reads_the_cache(cache):
     assert first.class_counts().tolist() == [1000] * 10 and "airplane" in first.classes
     second, report, _ = load(folder, split="test")
     assert report.cache == "read" and torch.equal(first.images, second.images)
+
+
+def test_a_failing_cache_write_inside_safetensors_costs_only_a_warning(tmp_path, cache,
+                                                                      monkeypatch):  # fmt: skip
+    from safetensors import SafetensorError
+
+    from cnnlab.data import decode_cache
+
+    def full_disk(*args, **kwargs):
+        raise SafetensorError("No space left on device (os error 28)")
+
+    monkeypatch.setattr(decode_cache, "save_file", full_disk)
+    data, report, caught = load(write_folder(tmp_path / "pets"))
+    assert len(data) == 12 and report.cache == "decoded"
+    assert len(caught) == 1 and "No space left on device" in caught[0]
+
+
+def test_the_folder_may_be_the_working_directory(tmp_path, cache, monkeypatch):
+    folder = write_folder(tmp_path / "pets")
+    (folder / "dog" / "bad.png").write_bytes(b"not an image")
+    monkeypatch.chdir(folder)
+    _, report, _ = load(".", on_error="skip")
+    assert [str(path) for path, _ in report.skipped] == ["dog/bad.png"]
+    assert report.names[0] == "cat/000.png" and len(report.names) == 12
+    _, again, caught = load(".", on_error="skip")
+    assert again.cache == "read" and not caught

@@ -104,3 +104,20 @@ def test_training_on_a_folder_chooses_from_the_data_and_says_why(tmp_path):
     saved = load_toml(tmp_path / "run" / "config.toml")
     assert saved["resize"] == 48 and saved["augment"] == "crop-reflect"
     assert set(saved["data_choices"]) == {"resize", "batch_size", "lr", "augment", "class_weights"}
+
+
+def test_a_lowered_resolution_never_goes_below_the_models_minimum():
+    data = images(50_000, 3, 100)  # the CPU's pixel cap alone would give 64
+    config = fit(TrainConfig(model="nin", dataset="d"), data, min_side=67)
+    assert config.resize == 72 and "lowered" in config.data_choices["resize"]
+
+
+def test_a_fast_recipe_gets_its_sized_network_even_when_every_data_field_is_given():
+    from cnnlab.train.setup import RunData, fit_to_run_data
+
+    given = dict(resize=64, batch_size=64, lr=0.1, augment="flip", class_weights=False)
+    config = config_from({"recipe": "fast-90", "dataset": "photos", **given}).resolved()
+    data = RunData(images(600, 3, 64), None, None, [0.5] * 3, [0.2] * 3)
+    fitted = fit_to_run_data(config, data, CPU, lambda line: None)
+    assert fitted.model_options["widths"] == [32, 64, 128, 128]  # 4 stages for 64x64
+    assert (fitted.resize, fitted.batch_size, fitted.augment) == (64, 64, "flip")

@@ -24,8 +24,10 @@ def own_cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def always_measure(monkeypatch):
-    """The fake data's few steps would be too short a run to measure."""
+    """The fake data's few steps would be too short a run to measure, or to time more than
+    the warm-up steps: here measuring may take all of it."""
     monkeypatch.setattr(fast_path, "worth_measuring", lambda options, steps: True)
+    monkeypatch.setattr(fast_path, "SHARE", 100.0)
 
 
 def train(data, run, **settings) -> tuple[Trainer, list[str]]:
@@ -60,6 +62,14 @@ def test_a_damaged_memory_is_measured_again(fake_data, tmp_path, always_measure,
     _, lines = train(fake_data, tmp_path / "second")
     assert "per step" in lines[0]
     assert json.loads(memory.read_text())["precision"] in ("fp32", "bf16")
+
+
+def test_a_choice_from_warm_up_steps_alone_is_not_remembered(fake_data, tmp_path, own_cache,
+                                                             monkeypatch):  # fmt: skip
+    monkeypatch.setattr(fast_path, "worth_measuring", lambda options, steps: True)
+    _, lines = train(fake_data, tmp_path / "run")  # 6 steps: no room for a timed round
+    assert lines[0].startswith("fastest step: ")
+    assert not list((own_cache / "step-choice").glob("*.json"))
 
 
 def test_a_run_too_short_to_pay_for_measuring_is_not_measured(fake_data, tmp_path):
@@ -97,8 +107,10 @@ def test_measuring_costs_at_most_five_percent_of_the_planned_training(monkeypatc
     monkeypatch.setattr(fast_path, "Trial", FakeTrial)
     monkeypatch.setattr(fast_path.time, "perf_counter", clock)
     options = list(step_times)
-    precision, memory_format, timings = fast_path.choose(None, None, None, None, "cpu", options,
-                                                         planned_steps)  # fmt: skip
+    precision, memory_format, timings, timed = fast_path.choose(
+        None, None, None, None, "cpu", options, planned_steps
+    )
+    assert timed == (planned_steps > 200)  # 200 steps leave room for the warm-up round only
     assert (precision, memory_format) == ("bf16", "channels_last")
     assert clock.now <= 0.05 * planned_steps * 0.06 + 1e-9
     assert timings[("bf16/channels_last")] == 0.06

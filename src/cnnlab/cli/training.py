@@ -16,8 +16,8 @@ TRAIN_FLAGS = [  # (flag, type, help); each sets the TrainConfig field of the sa
     ("--dataset", str, "dataset name or image folder (default fashion-mnist)"),
     ("--out", str, "run folder (default runs/<model>-<dataset>-<timestamp>)"),
     ("--epochs", int, "default 10"),
-    ("--batch-size", int, "default: d2l's for the model"),
-    ("--lr", float, "default: d2l's for the model"),
+    ("--batch-size", int, "default: d2l's for the model (other datasets: from the data)"),
+    ("--lr", float, "default: d2l's for the model (other datasets: scaled with the batch)"),
     ("--optimizer", str, "sgd, momentum, nesterov, adam, adamw (default sgd)"),
     ("--momentum", float, "for momentum and nesterov (default 0.9)"),
     ("--weight-decay", float, "L2 penalty; decoupled for adamw (default 0)"),
@@ -35,7 +35,7 @@ TRAIN_FLAGS = [  # (flag, type, help); each sets the TrainConfig field of the sa
     ("--target-acc", float, "stop once the validation accuracy reaches this (needs --val-split)"),
     ("--ema", float, "evaluate an exponential moving average of the weights with this decay"),
     ("--tta", str, "test-time augmentation for every evaluation: none or flip"),
-    ("--resize", int, "input size fed to the model (default: d2l's for the model)"),
+    ("--resize", int, "input size fed to the model (default: d2l's; other data: its own size)"),
     ("--augment", str, "comma list: crop, crop-reflect, flip, erase, erase-random, jitter"),
     ("--seed", int, "default 0"),
     ("--device", str, "auto, cpu, cuda (default auto)"),
@@ -241,6 +241,8 @@ def train(args: argparse.Namespace) -> int:
     values.update(given)
     if options:
         values["model_options"] = {**values.get("model_options", {}), **options}
+    if budget is not None and "model" not in values:
+        values.setdefault("recipe", "fast")  # the budget's network family, checked as such
     config = config_from(values).resolved()
     check_inputs(config)
     if budget is not None:

@@ -15,10 +15,10 @@ from cnnlab.data.catalog import DATASETS, DatasetSpec, resolve_root
 from cnnlab.data.cifar import read_cifar10, read_cifar100
 from cnnlab.data.dataset import ImageSet
 from cnnlab.data.download import ensure_files
-from cnnlab.data.folder import load_image_folder
+from cnnlab.data.folder import load_image_folder, load_image_folder_with_report
 from cnnlab.data.folder_layout import split_folders
 from cnnlab.data.idx import check_pair, read_idx_images, read_idx_labels
-from cnnlab.data.splits import stratified_split
+from cnnlab.data.splits import name_split
 from cnnlab.errors import DataError
 
 FLAT_TEST_FRACTION = 0.2  # of a folder without split folders, its "test" split
@@ -37,8 +37,9 @@ def load_dataset(
     folder (`name_or_path` is then the folder; `split` picks its train/val/test subfolder).
 
     `split=None` means "train", or the whole folder for an image folder without split folders.
-    Such a *flat* folder also has a "train" and a "test" split: a stratified 80/20 division
-    of its images, always the same (seed 0), so that training and `cnnlab eval` agree on it.
+    Such a *flat* folder also has a "train" and a "test" split: about 20% of every class held
+    out by the hash of each file's name (`splits.name_split`), so the split stays the same
+    when files are added or removed, and training and `cnnlab eval` agree on it.
     """
     name = str(name_or_path)
     if name in DATASETS:
@@ -54,8 +55,8 @@ def load_dataset(
     if split is None and (path / "train").is_dir():
         split = "train"
     if split in ("train", "test") and not split_folders(path):
-        whole = load_image_folder(path, None, progress=progress)
-        train, test = stratified_split(whole.labels, FLAT_TEST_FRACTION, seed=0)
+        whole, report = load_image_folder_with_report(path, None, progress=progress)
+        train, test = name_split(report.names, whole.labels, FLAT_TEST_FRACTION)
         return whole.subset(train if split == "train" else test, f"{whole.name}/{split}")
     return load_image_folder(path, split, progress=progress)
 

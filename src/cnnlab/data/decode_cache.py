@@ -67,8 +67,7 @@ class CacheEntry:
     @classmethod
     def for_listing(cls, listing: FolderListing, options: dict) -> CacheEntry:
         root, labels = listing.root, listing.labels
-        prefix = len(str(root)) + 1  # names relative to the root; Path.relative_to is slow
-        relative = [str(file)[prefix:] for file in listing.files]
+        relative = listing.relative_names()
         content = hashlib.sha256()
         content.update(json.dumps([FORMAT, VERSION, options], sort_keys=True).encode())
         for name, label, (size, mtime) in zip(relative, labels, listing.stats, strict=True):
@@ -133,6 +132,6 @@ class CacheEntry:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.path) as temp:
                 save_file(tensors, temp, metadata=metadata)
-        except (OSError, CnnlabError) as error:
+        except (OSError, CnnlabError, SafetensorError) as error:  # safetensors wraps OSError
             return str(error)
         return ""

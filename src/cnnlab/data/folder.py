@@ -56,6 +56,7 @@ class FolderReport:
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # bad images and why
     ignored: list[Path] = field(default_factory=list)  # not .png/.jpg/.jpeg, or nested folders
     cache: str = "off"  # the decoded images were "read" from the cache, or "decoded" (and cached)
+    names: list[str] = field(default_factory=list)  # the kept images' paths relative to `root`
 
     def summary(self, listed: int = 10) -> str:
         """One line of counts, then the first `listed` skipped files with their reasons."""
@@ -122,6 +123,8 @@ def load_image_folder_with_report(
         if entry and len(decoded.labels) and (problem := entry.write(decoded)):
             warnings.warn(f"decoded images not cached: {problem}", stacklevel=2)
     report.skipped = [(listing.root / name, why) for name, why in decoded.skipped]
+    left_out = {name for name, _ in decoded.skipped}
+    report.names = [name for name in listing.relative_names() if name not in left_out]
     if not len(decoded.labels):
         raise DataError(f"{listing.root}: no image could be read; {report.summary()}")
     report.kept = len(decoded.labels)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -47,12 +48,13 @@ def decode_listing(
     bar.close()
     kept_arrays, kept_labels, skipped = [], [], []
     first: tuple[Path, tuple[int, ...]] | None = None  # to name two files in a size mismatch
-    for file, label, array in zip(listing.files, listing.labels, arrays, strict=True):
+    names = listing.relative_names()
+    for file, name, label, array in zip(listing.files, names, listing.labels, arrays, strict=True):
         if isinstance(array, str):
             if on_error == "fail":
                 bad = BadImage(array).message(file)
                 raise DataFormatError(f"{bad} (on_error='skip' leaves bad images out)")
-            skipped.append((str(file)[len(str(listing.root)) + 1 :], array))
+            skipped.append((name, array))
             continue
         if first is None:
             first = (file, array.shape[:2])
@@ -73,8 +75,15 @@ def _map(chunks: list[list[str]], options: tuple):
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_leave_signals) as pool:
         yield from pool.map(_decode_chunk, chunks, *[[option] * len(chunks) for option in options])
+
+
+def _leave_signals() -> None:
+    """Ctrl-C and SIGTERM are the main process's to handle (a forked worker inherits its
+    handlers): the workers finish their chunk and the pool shuts down with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _decode_chunk(files: list[str], channels, image_size, max_pixels) -> list[np.ndarray | str]:

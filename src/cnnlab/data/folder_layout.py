@@ -36,6 +36,12 @@ class FolderListing:
     ignored: list[Path]
     stats: list[tuple[int, int]]  # each file's (size in bytes, modification time in ns)
 
+    def relative_names(self) -> list[str]:
+        """Each file's path relative to `root` ("class/file.png"), the way `list_folder` built
+        it (Path.relative_to costs 10 us a file; 60,000 files would take 0.5 s)."""
+        prefix = 0 if str(self.root) == "." else len(str(self.root)) + 1
+        return [str(file)[prefix:] for file in self.files]
+
 
 def split_folders(path: Path) -> list[str]:
     """The split folders `path` has, in the order train, val, test; empty for a flat folder."""

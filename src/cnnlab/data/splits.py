@@ -6,6 +6,10 @@ touched for it), keeping each class's share:
 - `stratified_split(labels, val_fraction, seed)`: every class gives `val_fraction` of its
   samples, rounded half up, to validation; a class with at least 2 samples gives at least 1
   and keeps at least 1 for training, a class with a single sample keeps it for training.
+- `name_split(names, labels, fraction)`: a held-out split decided by each file's name (a hash
+  of it), so that adding or removing other files never moves a file between the splits; every
+  class with at least 2 files keeps at least 1 on each side. It gives an image folder without
+  split folders its fixed test split.
 - `stratified_kfold(labels, k, seed)`: every sample is in exactly one validation fold; within a
   class, fold sizes differ by at most 1 (and so do the folds' total sizes).
 
@@ -20,6 +24,7 @@ neighbouring seeds give unrelated random streams. Indices are int64 tensors on t
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -93,6 +98,34 @@ def stratified_split(
     )
     in_val = rank < val_counts[sorted_labels]
     return order[~in_val].sort().values, order[in_val].sort().values
+
+
+def name_split(
+    names: Sequence[str], labels: Sequence[int] | torch.Tensor, fraction: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept indices, held-out indices), each sorted: a file is held out when the hash of its
+    name falls in the lowest `fraction` of the range (about `fraction` of every class)."""
+    labels = as_labels(labels)
+    points = [_hash_point(name) for name in names]
+    held = [point < fraction for point in points]
+    for label in labels.unique().tolist():
+        members = [i for i in range(len(names)) if labels[i] == label]
+        if len(members) < 2:
+            continue
+        if not any(held[i] for i in members):  # the lowest point goes, the highest stays
+            held[min(members, key=points.__getitem__)] = True
+        if all(held[i] for i in members):
+            held[max(members, key=points.__getitem__)] = False
+    kept = [i for i, out in enumerate(held) if not out]
+    return torch.tensor(kept, dtype=torch.long), torch.tensor(
+        [i for i, out in enumerate(held) if out], dtype=torch.long
+    )
+
+
+def _hash_point(name: str) -> float:
+    """A point in [0, 1) fixed by `name` (any string, even one holding undecodable bytes)."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def stratified_kfold(

@@ -96,6 +96,7 @@ def resolution(height: int, width: int, images: int, min_side: int, device) -> t
     if device.type != "cuda":
         affordable = int(math.sqrt(CPU_PIXELS_PER_EPOCH / images)) // 8 * 8
         cap = min(cap, max(affordable, 32))
+    cap = max(cap, math.ceil(min_side / 8) * 8)  # never below what the model takes
     if native < min_side:
         side = math.ceil(min_side / 8) * 8
         return side, f"{side}: the images' {height}x{width} raised to the model's minimum"

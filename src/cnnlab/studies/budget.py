@@ -37,7 +37,7 @@ from cnnlab.data.loader import InMemoryLoader
 from cnnlab.errors import CnnlabError
 from cnnlab.runs.config import TrainConfig, config_from
 from cnnlab.runs.data_fit import has_tuned_defaults
-from cnnlab.train.fast_path import Trial, candidates
+from cnnlab.train.fast_path import SHARE, Trial, candidates
 from cnnlab.train.optim import build_schedule
 from cnnlab.train.setup import (
     build_model,
@@ -109,11 +109,12 @@ def train_within_budget(values: dict, budget: str, echo=print, started_at: float
     candidates = []
     for candidate in _candidates(base, values, data, device):  # smallest first
         candidates.append(_timed(candidate, data, device))
-        left = deadline - seconds_since_start()
-        spare = left - candidate.final_seconds - FIXED_SECONDS
-        candidate.steps = max(0, math.floor(spare / (candidate.step_seconds * MARGIN)))
+        _fit_steps(candidate, deadline)
         if candidate.epochs < candidate.min_epochs:
             break  # the larger ones, slower still, would not fit either: not worth timing
+    left = deadline - seconds_since_start()
+    for candidate in candidates:  # again, now that the timing of every candidate is spent
+        _fit_steps(candidate, deadline)
     chosen = _choose(candidates, budget, left)
     config = _planned_config(chosen, budget, candidates, "augment" in values)
     echo(f"budget {budget}: {config.data_choices['budget']}")
@@ -129,6 +130,17 @@ def train_within_budget(values: dict, budget: str, echo=print, started_at: float
     }
     trainer.fit()
     return trainer
+
+
+def _fit_steps(candidate: Candidate, deadline: float) -> None:
+    """The steps that fit before `deadline` after the fixed costs and the final evaluation,
+    and (when the trainer may measure the step) the 5% that measuring can take."""
+    spare = deadline - seconds_since_start() - candidate.final_seconds - FIXED_SECONDS
+    measuring = (
+        1 + SHARE if "auto" in (candidate.config.precision, candidate.config.memory_format) else 1
+    )
+    per_step = candidate.step_seconds * MARGIN * measuring
+    candidate.steps = max(0, math.floor(spare / per_step))
 
 
 def _base_config(values: dict) -> TrainConfig:
@@ -168,9 +180,9 @@ def _timed(candidate: Candidate, data, device) -> Candidate:
         pipeline=train_pipeline,
     )  # fmt: skip
     images, labels = next(iter(loader.epoch_batches(0)))
-    options = candidates(device, "auto", "auto", deterministic=False)  # as the trainer's
+    options = candidates(device, config.precision, config.memory_format, config.deterministic)
     remembered = StepChoice.for_run(config, model, images, device, options).read()
-    precision, memory_format = remembered or _likely_fastest(device)
+    precision, memory_format = remembered or _likely_fastest(device, options)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     with torch.random.fork_rng(devices=[]):
         trial = Trial(model, images, labels, criterion, device, precision, memory_format)
@@ -189,12 +201,14 @@ def _timed(candidate: Candidate, data, device) -> Candidate:
     return candidate
 
 
-def _likely_fastest(device: torch.device) -> tuple[str, str]:
-    if device.type == "cuda":
-        return "bf16", "channels_last"
-    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "bf16", "channels_last"
-    return "fp32", "contiguous"
+def _likely_fastest(device: torch.device, options: list) -> tuple[str, str]:
+    """Among the step formats the run may take, the one likeliest fastest: bf16 channels-last
+    where the hardware computes in bf16, else fp32 contiguous (the trainer measures later)."""
+    bf16 = device.type == "cuda" or (
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+    preferred = [("bf16", "channels_last"), ("fp32", "contiguous")] if bf16 else []
+    return next((option for option in preferred if option in options), options[0])
 
 
 def _choose(candidates: list[Candidate], budget: str, left: float) -> Candidate:
@@ -334,7 +348,10 @@ class BudgetTrainer(Trainer):
             self.full_loader, epochs - 1, total_steps % per_epoch or per_epoch
         )
         steps = self.scheduler.last_epoch
-        fresh = build_schedule(self.optimizer, self.config.schedule, 1, total_steps)
+        warmup = self.config.warmup_epochs * per_epoch / total_steps  # as a share of the run
+        fresh = build_schedule(
+            self.optimizer, self.config.schedule, 1, total_steps, warmup_epochs=min(warmup, 1.0)
+        )
         fresh.last_epoch = steps
         for group, multiplier in zip(self.optimizer.param_groups, fresh.lr_lambdas, strict=True):
             group["lr"] = group["initial_lr"] * multiplier(steps)
@@ -345,11 +362,13 @@ class BudgetTrainer(Trainer):
     def finish(self) -> None:
         started = self.plan["deadline_s"] - self.plan["budget_s"]
         self.echo(
-            f"budget: trained {self.total_steps} steps by {seconds_since_start() - started:.1f}"
+            f"budget: trained {self.scheduler.last_epoch} steps by "
+            f"{seconds_since_start() - started:.1f}"
             f" s of {self.plan['budget_s']:.0f} s; the final evaluation next"
         )
         super().finish()
-        self.plan["steps_trained"] = self.total_steps
+        self.plan["steps_planned"] = self.total_steps
+        self.plan["steps_trained"] = self.scheduler.last_epoch
         self.plan["used_s"] = round(seconds_since_start() - started, 3)
         if self.ranks.is_main:
             self.run.write_json("budget.json", self.plan)

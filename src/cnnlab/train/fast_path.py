@@ -76,16 +76,18 @@ def choose(
     device,
     options,
     planned_steps: int,
-    share: float = SHARE,
+    share: float | None = None,
     rounds: int = 4,
-) -> tuple[str, str, dict]:
-    """The fastest (precision, memory format) among `options`, and the median step time of
-    each, measured in at most `share` of the planned training time (`planned_steps` steps at
-    the fastest measured time). Candidates take turns step by step, so a burst of load
-    elsewhere on the machine hits them all rather than deciding the race; one warm-up step
-    each (its one-time costs, such as building kernels, are not a step's), then up to
-    `rounds` timed steps while the next fits the budget, dropping a candidate 1.5x slower than
-    the best after the first. With no room for a timed round, the warm-up times decide."""
+) -> tuple[str, str, dict, bool]:
+    """The fastest (precision, memory format) among `options`, the median step time of each,
+    and whether any timed round ran; measured in at most `share` (default SHARE) of the planned
+    training time (`planned_steps` steps at the fastest measured time). Candidates take turns
+    step by step, so a burst of load elsewhere on the machine hits them all rather than
+    deciding the race; one warm-up step each (its one-time costs, such as building kernels,
+    are not a step's), then up to `rounds` timed steps while the next fits the budget, dropping
+    a candidate 1.5x slower than the best after the first. With no room for a timed round, the
+    warm-up times decide."""
+    share = SHARE if share is None else share
     trials = {
         f"{precision}/{memory_format}": Trial(
             model, images, labels, criterion, device, precision, memory_format
@@ -110,7 +112,7 @@ def choose(
             trials = {name: trial for name, trial in trials.items() if timings[name] < 1.5 * best}
     fastest = min(trials, key=timings.get)
     precision, memory_format = fastest.split("/")
-    return precision, memory_format, timings
+    return precision, memory_format, timings, any(times.values())
 
 
 def worth_measuring(options: list, planned_steps: int, share: float = SHARE) -> bool:
@@ -138,10 +140,11 @@ def settle(config, model, loader, criterion, device, echo, planned_steps: int):
             echo(f"step: {precision}/{memory_format} (not measured: the run is too short)")
         else:
             with torch.random.fork_rng(devices=[]):
-                precision, memory_format, timings = choose(
+                precision, memory_format, timings, timed = choose(
                     model, images, labels, criterion, device, options, planned_steps
                 )
-            record.write(precision, memory_format, timings)
+            if timed:  # warm-up times include one-time costs: not worth remembering
+                record.write(precision, memory_format, timings)
             measured = ", ".join(f"{name} {sec * 1e3:.1f} ms" for name, sec in timings.items())
             echo(f"fastest step: {precision}/{memory_format} (per step: {measured})")
     return dataclasses.replace(config, precision=precision, memory_format=memory_format)

@@ -13,7 +13,7 @@ from cnnlab.data.splits import stratified_split
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.runs.config import TrainConfig, family_defaults, min_input_side
-from cnnlab.runs.data_fit import DATA_FIELDS, RECIPE_DEFAULTS, fit_to_data
+from cnnlab.runs.data_fit import DATA_FIELDS, FASTNET_FAMILY, RECIPE_DEFAULTS, fit_to_data
 from cnnlab.runs.weights import load_model, weights_path
 
 
@@ -64,7 +64,8 @@ def _test_split(config: TrainConfig, progress: bool) -> ImageSet | None:
 def fit_to_run_data(config: TrainConfig, data: RunData, device: torch.device, echo):
     """`config` with the settings left to the data chosen from its training split (see
     `runs.data_fit`), each choice echoed with its reason; unchanged when none is left."""
-    if all(getattr(config, name) is not None for name in DATA_FIELDS):
+    family_left = config.recipe in FASTNET_FAMILY and not config.model_options
+    if all(getattr(config, name) is not None for name in DATA_FIELDS) and not family_left:
         return config
     defaults = RECIPE_DEFAULTS if config.recipe else family_defaults(config.model)
     min_side = min_input_side(config.model, config.model_options)
